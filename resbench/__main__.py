@@ -1,0 +1,5 @@
+"""`python -m resbench` runs the command line."""
+
+from resbench.cli import main
+
+main()
