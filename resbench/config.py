@@ -28,6 +28,7 @@ class ResbenchError(Exception):
     """A problem the user can fix. The CLI prints it without a traceback and exits with `exit_code`."""
 
     exit_code = 1
+    label = "error"
 
 
 class ConfigError(ResbenchError):
@@ -145,7 +146,7 @@ class WarmupConfig(_Section):
     """§4.2 for ResNet-110: lr 0.01 until the training error is below 80%, then the base lr."""
 
     lr: float = 0.01
-    until_train_error: float = 0.8  # a fraction, measured on the running training error
+    until_train_error: float = 80.0  # %, of the running training error (errors are % everywhere)
     max_iterations: int = 1000  # the paper saw about 400; stop warming up here regardless
 
     @field_validator("lr", "max_iterations")
@@ -157,9 +158,9 @@ class WarmupConfig(_Section):
 
     @field_validator("until_train_error")
     @classmethod
-    def _fraction(cls, value: float) -> float:
-        if not 0 < value <= 1:
-            raise ValueError(f"must be a fraction in (0, 1], got {value}")
+    def _percent(cls, value: float) -> float:
+        if not 0 < value <= 100:
+            raise ValueError(f"must be a percentage in (0, 100], got {value}")
         return value
 
 
@@ -249,6 +250,17 @@ class RunConfig(_Section):
         if exclude_run:
             d.pop("run")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'optim': {'lr': 0.1}} -> {'optim.lr': 0.1}: the dotted keys used by --set, errors and hparams."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,13 +1,9 @@
 """Shared fixtures: a CLI runner and the real CIFAR-10 copy (skipped where it is absent)."""
 
-from pathlib import Path
-
 import pytest
 from typer.testing import CliRunner
 
 from resbench.cli import app
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture
@@ -19,3 +15,7 @@ def cli():
         return runner.invoke(app, [str(a) for a in args])
 
     return invoke
+
+
+# tiny CIFAR data for any test, and the real copy (prepared once per session, skipped where absent)
+from data_fixtures import real_cifar10_prepared, real_cifar10_root, tiny, tiny_cifar10_root  # noqa: E402, F401

@@ -56,7 +56,7 @@ def test_config_is_frozen() -> None:
         ("schedule: {iterations: 1000}", "schedule.milestones", "past the last iteration"),
         ("schedule: {iterations: 0, milestones: []}", "schedule.iterations", "at least 1"),
         ("schedule: {gamma: 2}", "schedule.gamma", "(0, 1]"),
-        ("schedule: {warmup: {until_train_error: 80}}", "schedule.warmup.until_train_error", "fraction"),
+        ("schedule: {warmup: {until_train_error: 800}}", "schedule.warmup.until_train_error", "percentage"),
         ("schedule: {warmup: {lrr: 0.01}}", "schedule.warmup.lrr", "did you mean 'lr'"),
         ("data: {dataset: mnist}", "data.dataset", "'cifar10' or 'cifar100'"),
         ("data: {val_size: -5}", "data.val_size", "0 or more"),

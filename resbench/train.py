@@ -1,0 +1,396 @@
+"""Training: the §4.2 recipe as one short loop in reading order. Nothing here prints.
+
+    train(cfg, run_dir, tracker, resume=False, force=False) -> Summary
+
+SGD with momentum and weight decay; the learning rate is divided by 10 at iteration milestones,
+with an optional warm-up (the ResNet-110 rule). The loop keeps losses and errors on the device and
+reads them only at log points, so the step itself never waits for the host. A checkpoint holds
+every piece of state the next step depends on, so a resumed run is bit-identical on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from resbench import checkpoint
+from resbench.config import ConfigError, OptimConfig, ResbenchError, RunConfig, ScheduleConfig
+from resbench.data import Batches, Data, Split, build_data
+from resbench.models import build_model, count_macs, count_params
+from resbench.tracking import (
+    RunFiles,
+    RunLock,
+    Summary,
+    Tracker,
+    Trackers,
+    environment,
+    prepare_run_dir,
+    read_summary,
+    write_run_files,
+)
+
+
+class Interrupted(ResbenchError):
+    """SIGINT or SIGTERM: the checkpoint is written and the run can be resumed."""
+
+    exit_code = 130
+    label = "stopped"
+
+
+class Diverged(ResbenchError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+    exit_code = 1
+
+
+# --------------------------------------------------------------------------------------------
+# Device and precision
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu. Asking for a device that is not there is an error."""
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    if name == "auto":
+        return torch.device(next(d for d in ("cuda", "mps", "cpu") if available[d]))
+    if not available[name]:
+        raise ConfigError(
+            f"run.device is {name!r} but this machine has no {name.upper()} device "
+            "that torch can use; use --device cpu or --device auto"
+        )
+    return torch.device(name)
+
+
+def native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":  # AVX512-BF16 or AMX; elsewhere bf16 is emulated and slower than fp32
+        cpu = getattr(torch, "cpu", None)
+        return bool(
+            getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+            or getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+        )
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if precision == "bf16" and device.type == "mps":
+        raise ConfigError("run.precision bf16 is not supported on mps; use fp32 or auto")
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast for convs and matmuls; weights, BN statistics and the loss stay in fp32."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------------------------
+# Optimiser and schedule
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
+    if cfg.weight_decay_on == "all":  # as Caffe and the paper's era: decay every parameter
+        groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
+    else:  # conv and linear weights only; BN affine parameters and biases are not decayed
+        decay = [p for p in model.parameters() if p.ndim > 1]
+        rest = [p for p in model.parameters() if p.ndim <= 1]
+        groups = [{"params": decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.SGD(
+        groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
+    )
+
+
+class LrSchedule:
+    """Step decay at milestones (§4.2), after an optional warm-up at a small lr.
+
+    The warm-up ends at the first log point where the running training error is below its
+    threshold, or at `max_iterations`, whichever comes first.
+    """
+
+    def __init__(self, base_lr: float, cfg: ScheduleConfig) -> None:
+        self.base_lr = base_lr
+        self.cfg = cfg
+        self.warming_up = cfg.warmup is not None
+
+    def lr(self, iteration: int) -> float:
+        """The learning rate of the step that completes `iteration` (1-based)."""
+        warmup = self.cfg.warmup
+        if self.warming_up and warmup is not None and iteration <= warmup.max_iterations:
+            return warmup.lr
+        drops = sum(iteration > m for m in self.cfg.milestones)
+        return self.base_lr * self.cfg.gamma**drops
+
+    def observe(self, iteration: int, train_error: float) -> None:
+        warmup = self.cfg.warmup
+        if (
+            self.warming_up
+            and warmup is not None
+            and (train_error < warmup.until_train_error or iteration >= warmup.max_iterations)
+        ):
+            self.warming_up = False
+
+
+# --------------------------------------------------------------------------------------------
+# Step and evaluation
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: Tensor,
+    labels: Tensor,
+    amp: contextlib.AbstractContextManager[Any],
+) -> tuple[Tensor, Tensor]:
+    """One SGD step. Returns the batch's summed loss and number of errors, still on the device."""
+    with amp:
+        logits = model(images)
+    loss = F.cross_entropy(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach() * labels.numel(), (logits.argmax(dim=1) != labels).sum()
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: Data,
+    split: Split,
+    amp: contextlib.AbstractContextManager[Any],
+    batch_size: int = 1000,
+    channels_last: bool = True,
+) -> tuple[float, float]:
+    """Mean loss and error (%) of the model in eval mode over a whole split, one view per image."""
+    model.eval()
+    loss_sum = torch.zeros((), device=split.labels.device)
+    wrong = torch.zeros((), dtype=torch.long, device=split.labels.device)
+    for start in range(0, len(split.labels), batch_size):
+        images = data.normalize(split.images[start : start + batch_size])
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = split.labels[start : start + batch_size]
+        with amp:
+            logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+        wrong += (logits.argmax(dim=1) != labels).sum()
+    model.train()
+    n = len(split.labels)
+    return loss_sum.item() / n, 100.0 * wrong.item() / n
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+def finite(model: nn.Module) -> bool:
+    """Whether every parameter and buffer is finite (BN running stats can overflow while the loss
+    stays finite). One host sync: call it at checkpoints only."""
+    values = [t.detach().flatten() for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.isfinite(torch.cat(values)).all())
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[list[str]]:
+    """While inside, SIGINT and SIGTERM append their name to the yielded list instead of killing us."""
+    requested: list[str] = []
+    handler = lambda signum, frame: requested.append(signal.Signals(signum).name)  # noqa: E731
+    try:
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: signals cannot be caught here, the default applies
+        yield requested
+        return
+    try:
+        yield requested
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def resume_command(run_dir: Path) -> str:
+    runs_dir = run_dir.parent.parent  # run_dir is RUNS_DIR/NAME/seedK
+    where = "" if runs_dir == Path("runs") else f" --runs-dir {runs_dir}"
+    return f"resbench train --config {run_dir / 'config.yaml'}{where} --resume"
+
+
+def train(
+    cfg: RunConfig, run_dir: Path, tracker: Tracker | None = None, resume: bool = False, force: bool = False
+) -> Summary:
+    """Train one run in `run_dir`, or continue it from its checkpoint with `resume`.
+
+    The run's files are always written; `tracker` receives the same events (e.g. for a console).
+    """
+    tracker = Trackers([RunFiles(run_dir), tracker or Tracker()])
+    lock = RunLock(run_dir)
+    try:
+        if resume and (run_dir / "summary.json").exists() and not force:
+            return read_summary(run_dir)  # finished already: nothing left to do
+        resuming = prepare_run_dir(run_dir, cfg, resume, force)
+        return _train(cfg, run_dir, tracker, resuming)
+    finally:
+        tracker.close()
+        lock.release()
+
+
+def _train(cfg: RunConfig, run_dir: Path, tracker: Tracker, resuming: bool) -> Summary:
+    saved = checkpoint.load(run_dir / checkpoint.CHECKPOINT) if resuming else None
+    if saved is not None and (changed := checkpoint.changed_keys(saved["config"], cfg.to_dict())):
+        raise ConfigError(
+            f"cannot resume {run_dir}: the config differs from the checkpoint's in "
+            f"{', '.join(changed)}. Restore those values, or start again with --force."
+        )
+
+    device = resolve_device(cfg.run.device)
+    precision = resolve_precision(cfg.run.precision, device)
+    amp = autocast(device, precision)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv kernels once
+    torch.manual_seed(cfg.run.seed)
+
+    data = build_data(cfg.data, device)
+    model = build_model(cfg.model).to(device, memory_format=torch.channels_last)  # NHWC convs are faster
+    params, macs = count_params(model), count_macs(model)
+    forward = torch.compile(model) if cfg.run.compile else model
+    optimizer = build_optimizer(model, cfg.optim)
+    schedule = LrSchedule(cfg.optim.lr, cfg.schedule)
+    batches = Batches(
+        data, cfg.optim.batch_size, cfg.run.seed, cfg.data.augment, cfg.data.pad, channels_last=True
+    )
+    eval_every = cfg.run.eval_every or batches.steps_per_epoch  # default: once per epoch
+    log_every = cfg.run.log_every or eval_every
+    window_loss = torch.zeros((), device=device)
+    window_wrong = torch.zeros((), dtype=torch.long, device=device)
+    window_steps, window_time, start, wall_time, step_time = 0, 0.0, 0, 0.0, 0.0
+    train_metrics: dict[str, float] = {}
+    eval_metrics: dict[str, float] = {}
+
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        batches.load_state_dict(saved["batches"])
+        torch.set_rng_state(saved["torch_rng"])
+        if device.type == "cuda" and saved["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)
+        schedule.warming_up = saved["warming_up"]
+        window_loss.copy_(saved["window_loss"])
+        window_wrong.copy_(saved["window_wrong"])
+        window_steps, window_time, start = saved["window_steps"], saved["window_time"], saved["iteration"]
+        wall_time, step_time = saved["wall_time"], saved["step_time"]
+        train_metrics, eval_metrics = saved["train_metrics"], saved["eval_metrics"]
+
+    def state(iteration: int) -> dict[str, Any]:
+        return {
+            "iteration": iteration,
+            "config": cfg.to_dict(),
+            "precision": precision,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "batches": batches.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "warming_up": schedule.warming_up,
+            "window_loss": window_loss,
+            "window_wrong": window_wrong,
+            "window_steps": window_steps,
+            "window_time": window_time,
+            "step_time": step_time,
+            "wall_time": wall_time + time.perf_counter() - t_start,
+            "train_metrics": train_metrics,
+            "eval_metrics": eval_metrics,
+        }
+
+    env = environment(device, precision)
+    write_run_files(run_dir, cfg, env)
+    for message in data.notes:
+        tracker.note(message)
+    tracker.start(cfg, start, env)
+    model.train()
+    t_start = t_mark = time.perf_counter()
+    with stop_requests() as stop:
+        for it in range(start + 1, cfg.schedule.iterations + 1):
+            lr = schedule.lr(it)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images, labels = batches.next()
+            loss, wrong = train_step(forward, optimizer, images, labels, amp)
+            window_loss += loss
+            window_wrong += wrong
+            window_steps += 1
+            tracker.step(it)
+
+            last = it == cfg.schedule.iterations
+            log_now, eval_now = it % log_every == 0 or last, it % eval_every == 0 or last
+            save_now = last or bool(stop) or (cfg.run.checkpoint_every and it % cfg.run.checkpoint_every == 0)
+            if not (log_now or eval_now or save_now):
+                continue
+
+            # Side effects below this line; the only host syncs of the loop happen here.
+            seen = window_steps * cfg.optim.batch_size
+            window_loss_value = window_loss.item()
+            now = time.perf_counter()
+            window_time += now - t_mark
+            # The loss is computed before the update, so also check the weights about to be saved.
+            if not math.isfinite(window_loss_value) or (save_now and not finite(model)):
+                raise Diverged(
+                    f"training diverged (loss {window_loss_value}) by iteration {it} "
+                    f"(lr {lr:g}). The last good checkpoint is kept in {run_dir}. Try a "
+                    "smaller optim.lr or schedule.warmup."
+                )
+            if log_now and window_steps:
+                train_metrics = {
+                    "error/train": 100.0 * window_wrong.item() / seen,
+                    "loss/train": window_loss_value / seen,
+                    "lr": lr,
+                    "perf/images_per_sec": seen / window_time,
+                }
+                tracker.log(it, train_metrics)
+                schedule.observe(it, train_metrics["error/train"])
+                step_time += window_time
+                window_loss.zero_()
+                window_wrong.zero_()
+                window_steps, window_time = 0, 0.0
+            if eval_now:
+                evals = {"test": data.test, **({"val": data.val} if data.val is not None else {})}
+                for split_name, split in evals.items():
+                    loss_value, error = evaluate(forward, data, split, amp)
+                    eval_metrics |= {f"error/{split_name}": error, f"loss/{split_name}": loss_value}
+                tracker.log(it, eval_metrics)
+            if save_now:
+                checkpoint.save(state(it), run_dir / checkpoint.CHECKPOINT)
+            if stop:
+                raise Interrupted(
+                    f"stopped by {stop[0]} at iteration {it}; the checkpoint is saved. "
+                    f"Continue with: {resume_command(run_dir)}"
+                )
+            t_mark = time.perf_counter()
+
+    summary = Summary(
+        name=cfg.run.name,
+        seed=cfg.run.seed,
+        iterations=cfg.schedule.iterations,
+        train_error=train_metrics["error/train"],
+        train_loss=train_metrics["loss/train"],
+        test_error=eval_metrics["error/test"],
+        test_loss=eval_metrics["loss/test"],
+        val_error=eval_metrics.get("error/val"),
+        val_loss=eval_metrics.get("loss/val"),
+        params=params,
+        macs=macs,
+        wall_time=wall_time + time.perf_counter() - t_start,
+        images_per_sec=cfg.schedule.iterations * cfg.optim.batch_size / max(step_time, 1e-9),
+        device=str(device),
+        precision=precision,
+    )
+    tracker.finish(summary)
+    return summary

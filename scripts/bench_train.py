@@ -1,0 +1,186 @@
+#!/usr/bin/env python
+"""Training throughput, in images/s, of three pipelines timed in one process and one run.
+
+    bare          forward, backward and SGD step on one fixed batch already on the device
+    resbench      resbench's own training loop (train.train): device-resident data, batched
+                  augmentation, logging and TensorBoard included; evaluation and checkpoints excluded
+    conventional  torchvision CIFAR10 + PIL RandomCrop/RandomHorizontalFlip/ToTensor/Normalize,
+                  a DataLoader with 2 workers, an NCHW fp32 model
+
+`bare` uses the same precision and memory format as `resbench`, so `resbench/bare` is the cost of
+the input pipeline and bookkeeping. Ratios matter more than absolute numbers on a shared machine.
+
+    python scripts/bench_train.py                          # ResNet-20 and -56, CPU (+ CUDA if present)
+    python scripts/bench_train.py --models resnet56 --steps 60 --data-root data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import tempfile
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from resbench import config
+from resbench.models import build_model
+from resbench.tracking import cpu_name
+from resbench.train import autocast, build_optimizer, resolve_precision, train, train_step
+
+
+def synthetic_pickles(root: Path, n_train: int = 50_000, n_test: int = 10_000) -> Path:
+    """Random images in torchvision's pickle layout: speed does not depend on what the pixels show."""
+    out = root / "cifar-10-batches-py"
+    out.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    per_batch = n_train // 5
+    for name, n in [*((f"data_batch_{i}", per_batch) for i in range(1, 6)), ("test_batch", n_test)]:
+        batch = {
+            "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            "labels": rng.integers(0, 10, n).tolist(),
+        }
+        (out / name).write_bytes(pickle.dumps(batch, protocol=2))
+    (out / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}, protocol=2))
+    return root
+
+
+def bare(cfg: config.RunConfig, device: torch.device, precision: str, steps: int, warmup: int) -> float:
+    torch.manual_seed(0)
+    model = build_model(cfg.model).to(device, memory_format=torch.channels_last).train()
+    optimizer = build_optimizer(model, cfg.optim)
+    images = torch.randn(cfg.optim.batch_size, 3, 32, 32, device=device).contiguous(
+        memory_format=torch.channels_last
+    )
+    labels = torch.randint(0, 10, (cfg.optim.batch_size,), device=device)
+    amp = autocast(device, precision)
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        train_step(model, optimizer, images, labels, amp)
+    _sync(device)
+    return steps * cfg.optim.batch_size / (time.perf_counter() - t0)
+
+
+def resbench_loop(cfg: config.RunConfig, steps: int, warmup: int, scratch: Path) -> float:
+    """The real `train()`; throughput read back from metrics.jsonl, first (warm-up) window dropped."""
+    cfg = config.validate(
+        {
+            **cfg.to_dict(),
+            "schedule": {"iterations": warmup + steps, "milestones": []},
+            "run": {
+                **cfg.to_dict()["run"],
+                "log_every": warmup,
+                "eval_every": warmup + steps,
+                "checkpoint_every": 0,
+            },
+        }
+    )
+    run_dir = scratch / f"{cfg.run.name}-{cfg.run.device}"
+    train(cfg, run_dir, force=True)
+    windows = [
+        m
+        for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+        if "perf/images_per_sec" in m
+    ][1:]
+    images = warmup * cfg.optim.batch_size
+    return images * len(windows) / sum(images / m["perf/images_per_sec"] for m in windows)
+
+
+def conventional(cfg: config.RunConfig, device: torch.device, root: Path, steps: int, warmup: int) -> float:
+    import torchvision
+    import torchvision.transforms as T
+
+    class LocalCIFAR10(torchvision.datasets.CIFAR10):  # accept copies whose md5 differs
+        train_list: ClassVar = [[f"data_batch_{i}", None] for i in range(1, 6)]
+        test_list: ClassVar = [["test_batch", None]]
+        meta: ClassVar = {"filename": "batches.meta", "key": "label_names", "md5": None}
+
+    transform = T.Compose(
+        [
+            T.RandomCrop(32, padding=4),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)),
+        ]
+    )
+    dataset = LocalCIFAR10(str(root), train=True, transform=transform)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg.optim.batch_size,
+        shuffle=True,
+        num_workers=2,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+        persistent_workers=True,
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg.model).to(device).train()
+    optimizer = build_optimizer(model, cfg.optim)
+    it = iter(loader)
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        images, labels = next(it)
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    _sync(device)
+    return steps * cfg.optim.batch_size / (time.perf_counter() - t0)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", default="resnet20,resnet56")
+    parser.add_argument("--devices", default="cpu,cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
+    parser.add_argument("--data-root", type=Path, help="a folder with cifar-10-batches-py/ (default: random)")
+    args = parser.parse_args()
+    if args.steps % args.warmup:
+        parser.error("--steps must be a multiple of --warmup (the loop logs one window per --warmup steps)")
+
+    print(
+        f"# {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
+    )
+    print(
+        f"{'model':10} {'device':6} {'precision':9} {'bare':>8} {'resbench':>9} {'conventional':>13} "
+        f"{'resbench/bare':>14} {'resbench/conv':>14}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        root = args.data_root or synthetic_pickles(scratch / "data")
+        for device_name in args.devices.split(","):
+            device = torch.device(device_name)
+            precision = resolve_precision("auto", device)
+            for name in args.models.split(","):
+                cfg = config.load(name, [f"data.root={root}", f"run.device={device_name}"])
+                r_bare = bare(cfg, device, precision, args.steps, args.warmup)
+                r_res = resbench_loop(cfg, args.steps, args.warmup, scratch)
+                r_conv = conventional(cfg, device, root, args.steps, args.warmup)
+                print(
+                    f"{name:10} {device_name:6} {precision:9} {r_bare:8.0f} {r_res:9.0f} {r_conv:13.0f} "
+                    f"{r_res / r_bare:14.2f} {r_res / r_conv:14.2f}",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""checkpoint.py: atomic writes that survive a crash, safe loading, and the resume config check."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from resbench import checkpoint
+from resbench.checkpoint import CheckpointError
+
+
+def test_round_trip_with_weights_only(tmp_path: Path) -> None:
+    gen = torch.Generator().manual_seed(3)
+    state = {"iteration": 7, "rng": gen.get_state(), "w": torch.randn(3), "config": {"a": [1, 2], "b": None}}
+    checkpoint.save(state, tmp_path / "last.pt")
+    loaded = checkpoint.load(tmp_path / "last.pt")
+    assert (
+        loaded["iteration"] == 7
+        and torch.equal(loaded["w"], state["w"])
+        and loaded["config"] == state["config"]
+    )
+    assert torch.equal(torch.Generator().set_state(loaded["rng"]).get_state(), gen.get_state())
+
+
+def test_a_crash_mid_write_keeps_the_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "last.pt"
+    checkpoint.save({"iteration": 1}, path)
+
+    def dies_halfway(obj: object, f) -> None:
+        f.write(b"partial bytes")
+        raise KeyboardInterrupt  # as if the process were killed while writing
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save({"iteration": 2}, path)
+    monkeypatch.undo()
+    assert checkpoint.load(path)["iteration"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_corrupt_checkpoint_names_the_file_and_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    checkpoint.save({"iteration": 1, "w": torch.ones(1000)}, path)
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.raises(CheckpointError, match="corrupt") as err:
+        checkpoint.load(path)
+    assert str(path) in str(err.value) and "--force" in str(err.value)
+
+
+def test_foreign_pickle_is_refused_by_weights_only(tmp_path: Path) -> None:
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    path = tmp_path / "last.pt"
+    path.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(CheckpointError):
+        checkpoint.load(path)
+
+
+def test_missing_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        checkpoint.load(tmp_path / "last.pt")
+
+
+def test_changed_keys_names_what_differs_and_ignores_harmless_keys() -> None:
+    saved = {
+        "optim": {"lr": 0.1, "momentum": 0.9},
+        "schedule": {"milestones": [1, 2]},
+        "run": {"device": "cuda"},
+    }
+    current = {
+        "optim": {"lr": 0.2, "momentum": 0.9},
+        "schedule": {"milestones": (1, 2)},
+        "run": {"device": "cpu"},
+    }
+    assert checkpoint.changed_keys(saved, current) == ["optim.lr"]
+    assert checkpoint.changed_keys(saved, saved) == []

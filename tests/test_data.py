@@ -1,0 +1,553 @@
+"""resbench.data: every on-disk form, the cache, the splits and statistics, batches, prepare."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import re
+import tarfile
+import tempfile
+import time
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from data_fixtures import (
+    Tiny,
+    md5s,
+    pretend_official,
+    tar_folder,
+    tiny_set,
+    write_image_archive,
+    write_image_tree,
+    write_official_archive,
+    write_pickles,
+)
+from PIL import Image
+
+from resbench import data as data_mod
+from resbench.config import DataConfig
+from resbench.data import Batches, Data, DataError, Split, build_data, prepare
+
+
+def load(root: Path, **cfg: object) -> Data:
+    return build_data(DataConfig(root=str(root), **cfg), "cpu")
+
+
+def assert_holds(data: Data, x_train: np.ndarray, y_train: np.ndarray, tiny: Tiny) -> None:
+    """`data` holds exactly these training images and the tiny set's test images (in their load order)."""
+    assert data.train.images.dtype == torch.uint8 and data.train.labels.dtype == torch.int64
+    assert data.train.images.shape == (len(y_train), 3, 32, 32) and data.train.images.is_contiguous()
+    assert np.array_equal(data.train.images.numpy(), x_train)
+    assert np.array_equal(data.train.labels.numpy(), y_train)
+    assert data.num_classes == len(data_mod._SPECS[tiny.dataset].classes) and data.val is None
+
+
+def assert_holds_pickle_order(data: Data, tiny: Tiny) -> None:
+    assert_holds(data, tiny.train_x, tiny.train_y, tiny)
+    assert np.array_equal(data.test.images.numpy(), tiny.test_x)
+    assert np.array_equal(data.test.labels.numpy(), tiny.test_y)
+
+
+def assert_holds_class_major(data: Data, tiny: Tiny) -> None:
+    assert_holds(data, *tiny.class_major("train"), tiny)
+    test_x, test_y = tiny.class_major("test")
+    assert np.array_equal(data.test.images.numpy(), test_x) and np.array_equal(
+        data.test.labels.numpy(), test_y
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Every accepted form
+
+
+def test_our_file_names_are_torchvision_s() -> None:
+    for tv, spec in ((torchvision.datasets.CIFAR10, data_mod._SPECS["cifar10"]),
+                     (torchvision.datasets.CIFAR100, data_mod._SPECS["cifar100"])):  # fmt: skip
+        assert (tv.base_folder, tv.filename) == (spec.folder, spec.archive)
+        assert [n for n, _ in tv.train_list] == list(spec.train_files)
+        assert [n for n, _ in tv.test_list] == list(spec.test_files)
+
+
+def test_rebuilt_pickles_load_with_one_checksum_note(tmp_path: Path, tiny: Tiny) -> None:
+    write_pickles(tmp_path / "data", tiny)
+    data = load(tmp_path / "data")
+    assert_holds_pickle_order(data, tiny)
+    assert not data.official
+    assert len(data.notes) == 1 and "official checksums" in data.notes[0] and "anyway" in data.notes[0]
+    assert "cifar-10-batches-py" in data.source
+
+
+def test_pickles_matching_the_official_checksums_are_official(
+    tmp_path: Path, tiny: Tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = write_pickles(tmp_path / "data", tiny)
+    pretend_official(monkeypatch, md5s(*folder.iterdir()))
+    data = load(tmp_path / "data")
+    assert_holds_pickle_order(data, tiny)
+    assert data.official and data.notes == ()
+
+
+def test_one_changed_file_makes_the_copy_unofficial(
+    tmp_path: Path, tiny: Tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = write_pickles(tmp_path / "data", tiny)
+    sums = md5s(*folder.iterdir())
+    pretend_official(monkeypatch, {**sums, "batches.meta": "0" * 32})
+    assert not load(tmp_path / "data").official
+
+
+@pytest.mark.parametrize("official", [True, False])
+def test_official_archive_is_checked_and_extracted(
+    tmp_path: Path, tiny: Tiny, monkeypatch: pytest.MonkeyPatch, official: bool
+) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    archive = write_official_archive(root / "cifar-10-python.tar.gz", tiny)
+    if official:
+        staged = write_pickles(tmp_path / "staged", tiny)  # the same bytes as the archive's members
+        pretend_official(monkeypatch, {**md5s(*staged.iterdir()), **md5s(archive)})
+    data = load(root)
+    assert_holds_pickle_order(data, tiny)
+    assert (root / "cifar-10-batches-py" / "data_batch_1").is_file()
+    assert data.official is official and len(data.notes) == (0 if official else 1)
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_archive_members_that_escape_root_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    archive = root / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        payload = b"gotcha"
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    with pytest.raises(DataError, match="refusing to extract") as err:
+        load(root)
+    assert str(archive) in str(err.value)
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+@pytest.mark.parametrize("digits", [False, True], ids=["class-names", "digits"])
+def test_png_tree_loads_exact_pixels(tmp_path: Path, tiny: Tiny, digits: bool) -> None:
+    write_image_tree(tmp_path / "data", tiny, digits=digits)
+    data = load(tmp_path / "data")
+    assert_holds_class_major(data, tiny)
+    assert not data.official and len(data.notes) == 1 and "not the official" in data.notes[0]
+    assert "JPEG" not in data.notes[0]
+
+
+def test_png_tree_archive_loads_exact_pixels(tmp_path: Path, tiny: Tiny) -> None:
+    (tmp_path / "data").mkdir()
+    write_image_archive(tmp_path / "data" / "cifar10-png.tar.gz", tiny)
+    data = load(tmp_path / "data")
+    assert_holds_class_major(data, tiny)
+    assert not data.official and "cifar10-png.tar.gz" in data.source and "not the official" in data.notes[0]
+
+
+def test_jpeg_tree_loads_close_pixels_and_says_it_is_lossy(tmp_path: Path, tiny: Tiny) -> None:
+    write_image_tree(tmp_path / "data", tiny, suffix=".jpg")
+    data = load(tmp_path / "data")
+    x, y = tiny.class_major("train")
+    assert np.array_equal(data.train.labels.numpy(), y) and data.train.images.shape == x.shape
+    assert "JPEG" in data.notes[0] and not data.official
+
+
+def test_cifar100_pickles_use_the_fine_labels(tmp_path: Path) -> None:
+    tiny = tiny_set("cifar100", train_per_class=1, test_per_class=1)
+    write_pickles(tmp_path / "data", tiny)
+    data = load(tmp_path / "data", dataset="cifar100")
+    assert_holds_pickle_order(data, tiny)
+    assert data.num_classes == 100 and (tmp_path / "data" / "resbench-cifar100.npz").is_file()
+
+
+def test_cifar100_tree_maps_fine_label_names(tmp_path: Path) -> None:
+    tiny = tiny_set("cifar100", train_per_class=1, test_per_class=1)
+    write_image_tree(tmp_path / "data", tiny)
+    assert_holds_class_major(load(tmp_path / "data", dataset="cifar100"), tiny)
+
+
+def test_download_is_tried_only_when_asked(
+    tmp_path: Path, tiny: Tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    class FakeCIFAR10(torchvision.datasets.CIFAR10):  # keeps torchvision's md5 table
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            calls.append(root)
+            write_pickles(Path(root), tiny)
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    with pytest.raises(DataError):
+        load(tmp_path / "data")
+    data = load(tmp_path / "data", download=True)
+    assert calls == [str(tmp_path / "data")] and "downloaded" in data.source
+    assert_holds_pickle_order(data, tiny)
+
+
+def test_a_failed_download_is_a_data_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class OfflineCIFAR10(torchvision.datasets.CIFAR10):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", OfflineCIFAR10)
+    with pytest.raises(DataError, match=r"could not download CIFAR-10.*Name or service not known"):
+        load(tmp_path / "data", download=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The cache
+
+
+def test_the_cache_is_written_once_and_read_instead_of_the_files(tmp_path: Path, tiny: Tiny) -> None:
+    root = tmp_path / "data"
+    write_pickles(root, tiny)
+    first = load(root)
+    assert (root / "resbench-cifar10.npz").is_file()
+    assert sorted(p.name for p in root.iterdir()) == ["cifar-10-batches-py", "resbench-cifar10.npz"]
+    for path in (root / "cifar-10-batches-py").iterdir():
+        path.unlink()  # the second load must not touch the pickles
+    second = load(root)
+    assert_holds_pickle_order(second, tiny)
+    assert "cached" in second.source and "cached" not in first.source
+    assert (second.official, second.notes) == (first.official, first.notes) and len(second.notes) == 1
+
+
+def test_a_read_only_root_skips_the_cache(
+    tmp_path: Path, tiny: Tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    write_pickles(tmp_path / "data", tiny)
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)  # how every atomic write starts
+    assert_holds_pickle_order(load(tmp_path / "data"), tiny)
+    assert not (tmp_path / "data" / "resbench-cifar10.npz").exists()
+
+
+def test_a_corrupt_cache_is_named(tmp_path: Path) -> None:
+    (tmp_path / "resbench-cifar10.npz").write_bytes(b"not a zip file")
+    with pytest.raises(DataError, match=re.escape("resbench-cifar10.npz is not a readable resbench cache")):
+        load(tmp_path)
+
+
+def test_an_older_cache_version_is_rebuilt(tmp_path: Path, tiny: Tiny) -> None:
+    write_pickles(tmp_path, tiny)
+    np.savez(tmp_path / "resbench-cifar10.npz", version=np.int64(0))
+    assert_holds_pickle_order(load(tmp_path), tiny)
+    assert int(np.load(tmp_path / "resbench-cifar10.npz")["version"]) == data_mod._CACHE_VERSION
+
+
+# --------------------------------------------------------------------------------------------
+# Missing and broken data
+
+
+def test_missing_data_says_where_it_looked_and_how_to_fix_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as err:
+        build_data(DataConfig(), "cpu")
+    message = str(err.value)
+    assert str(tmp_path.resolve() / "data") in message and err.value.exit_code == 1
+    for looked_for in ("resbench-cifar10.npz", "cifar-10-batches-py", "cifar-10-python.tar.gz", "train/"):
+        assert looked_for in message
+    for fix in ("--set data.download=true", "resbench data prepare --from PATH", "--set data.root=DIR"):
+        assert fix in message
+
+
+def test_a_truncated_pickle_is_named(tmp_path: Path, tiny: Tiny) -> None:
+    folder = write_pickles(tmp_path, tiny)
+    batch = folder / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:500])
+    with pytest.raises(DataError, match=re.escape(f"{batch} is not a readable CIFAR-10 pickle")):
+        load(tmp_path)
+
+
+def test_a_pickle_with_the_wrong_shape_is_named(tmp_path: Path, tiny: Tiny) -> None:
+    folder = write_pickles(tmp_path, tiny)
+    (folder / "test_batch").write_bytes(
+        pickle.dumps({"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]})
+    )
+    with pytest.raises(DataError, match=re.escape(f"{folder / 'test_batch'}: expected uint8 data of shape")):
+        load(tmp_path)
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path: Path, tiny: Tiny) -> None:
+    folder = write_pickles(tmp_path, tiny)
+    (folder / "test_batch").write_bytes(pickle.dumps(print))  # any global but numpy's is refused
+    with pytest.raises(DataError, match=re.escape("refusing to load builtins.print")):
+        load(tmp_path)
+
+
+def test_a_missing_batch_is_named(tmp_path: Path, tiny: Tiny) -> None:
+    folder = write_pickles(tmp_path, tiny)
+    (folder / "data_batch_5").unlink()
+    with pytest.raises(DataError, match="data_batch_5 is missing"):
+        load(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["official", "images"])
+def test_a_truncated_archive_is_named(tmp_path: Path, tiny: Tiny, kind: str) -> None:
+    name = "cifar-10-python.tar.gz" if kind == "official" else "cifar10-png.tar.gz"
+    writer = write_official_archive if kind == "official" else write_image_archive
+    archive = writer(tmp_path / name, tiny)
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(DataError, match=re.escape(str(archive))):
+        load(tmp_path)
+    assert not (tmp_path / "cifar-10-batches-py").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [("small", "is 16x16; CIFAR images are 32x32"), ("garbage", "is not a readable image")],
+)
+def test_a_bad_image_is_named(tmp_path: Path, tiny: Tiny, content: str, problem: str) -> None:
+    write_image_tree(tmp_path, tiny)
+    bad = tmp_path / "train" / "cat" / "9999.png"
+    if content == "small":
+        Image.new("RGB", (16, 16)).save(bad)
+    else:
+        bad.write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match=re.escape(f"{bad} {problem}")):
+        load(tmp_path)
+
+
+def test_an_unknown_class_folder_is_named(tmp_path: Path, tiny: Tiny) -> None:
+    write_image_tree(tmp_path, tiny)
+    (tmp_path / "train" / "cat").rename(tmp_path / "train" / "kitten")
+    with pytest.raises(DataError, match="the class folder 'kitten' is neither a CIFAR-10 class name"):
+        load(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation split and normalisation statistics
+
+
+def test_val_split_is_fixed_disjoint_and_complete(tiny_cifar10_root: Path, tiny: Tiny) -> None:
+    data = load(tiny_cifar10_root, val_size=10)
+    again = load(tiny_cifar10_root, val_size=10)
+    assert data.val is not None and again.val is not None
+    assert (len(data.train), len(data.val), len(data.test)) == (30, 10, 20)
+    assert torch.equal(data.val.images, again.val.images) and torch.equal(
+        data.train.images, again.train.images
+    )
+    rows = {img.tobytes(): label for img, label in zip(tiny.train_x, tiny.train_y, strict=True)}
+    train = [img.numpy().tobytes() for img in data.train.images]
+    val = [img.numpy().tobytes() for img in data.val.images]
+    assert not set(train) & set(val) and set(train) | set(val) == set(rows)
+    assert [rows[k] for k in val] == data.val.labels.tolist()
+
+
+def test_val_split_must_leave_training_images(tiny_cifar10_root: Path) -> None:
+    with pytest.raises(DataError, match="val_size=40 leaves no training images; use at most 39"):
+        load(tiny_cifar10_root, val_size=40)
+
+
+def test_pixel_mean_comes_from_the_training_split_only(tiny_cifar10_root: Path) -> None:
+    data = load(tiny_cifar10_root, val_size=10)
+    train = data.train.images.double() / 255
+    assert data.mean.shape == (3, 32, 32) and data.mean.dtype == torch.float32
+    assert torch.allclose(data.mean.double(), train.mean(0), atol=1e-6)
+    assert torch.equal(data.std, torch.ones(1, 1, 1))
+    normalized = data.normalize(data.train.images)
+    assert normalized.dtype == torch.float32 and normalized.abs().max() <= 1
+    assert normalized.double().mean(0).abs().max() < 1e-5  # §4.2: zero mean at every pixel
+    with_val = torch.cat([data.train.images, data.val.images]).double() / 255  # type: ignore[union-attr]
+    assert not torch.allclose(data.mean.double(), with_val.mean(0), atol=1e-3)
+
+
+def test_channel_statistics_come_from_the_training_split_only(tiny_cifar10_root: Path) -> None:
+    data = load(tiny_cifar10_root, val_size=10, normalize="channel")
+    train = data.train.images.double().permute(1, 0, 2, 3).reshape(3, -1) / 255
+    assert data.mean.shape == data.std.shape == (3, 1, 1)
+    assert torch.allclose(data.mean.double().flatten(), train.mean(1), atol=1e-6)
+    assert torch.allclose(data.std.double().flatten(), train.std(1, correction=0), atol=1e-6)
+    normalized = data.normalize(data.train.images).permute(1, 0, 2, 3).reshape(3, -1)
+    assert torch.allclose(normalized.mean(1), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(normalized.std(1, correction=0), torch.ones(3), atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# Batches
+
+
+def test_batches_shapes_dtypes_and_epochs(tiny_cifar10_root: Path) -> None:
+    data = load(tiny_cifar10_root)
+    batches = Batches(data, batch_size=16, seed=0, channels_last=True)
+    assert batches.steps_per_epoch == 2  # 40 images: the last 8 of each epoch are dropped
+    for _ in range(5):
+        images, labels = batches.next()
+        assert images.shape == (16, 3, 32, 32) and images.dtype == torch.float32
+        assert images.is_contiguous(memory_format=torch.channels_last)
+        assert labels.shape == (16,) and labels.dtype == torch.int64
+        assert images.abs().max() <= 1  # pixel_mean: x/255 - mean, and zero padding
+    assert batches.epoch == 2
+
+
+def test_without_augmentation_an_epoch_is_the_normalized_training_set_once(tiny_cifar10_root: Path) -> None:
+    data = load(tiny_cifar10_root)
+    batches = Batches(data, batch_size=8, seed=3, augment=False)
+    images, labels = zip(*(batches.next() for _ in range(batches.steps_per_epoch)), strict=True)
+    images, labels = torch.cat(images), torch.cat(labels)
+    expected = data.normalize(data.train.images)
+    match = (images[:, None] == expected[None]).flatten(2).all(-1)  # (seen, train): exact equality
+    assert match.sum(1).eq(1).all() and match.sum(0).eq(1).all()  # a permutation of the training set
+    assert torch.equal(labels, data.train.labels[match.float().argmax(1)])
+    next_epoch = torch.cat([batches.next()[0] for _ in range(batches.steps_per_epoch)])
+    assert not torch.equal(next_epoch, images)  # each epoch draws a fresh order
+
+
+def crafted(n: int) -> Data:
+    """n copies of an image whose pixels name their position: red = row, green = column, blue = 255."""
+    rows, cols = torch.meshgrid(torch.arange(32) * 8, torch.arange(32) * 8, indexing="ij")
+    image = torch.stack([rows, cols, torch.full_like(rows, 255)]).to(torch.uint8)
+    split = Split(image.expand(n, 3, 32, 32).contiguous(), torch.arange(n))
+    return Data(split, split, None, torch.zeros(1, 1, 1), torch.ones(1, 1, 1), 10, "crafted", False, ())
+
+
+def test_augmentation_crops_and_flips_every_way() -> None:
+    data = crafted(32)
+    padded = torch.nn.functional.pad(data.normalize(data.train.images[:1]), (4, 4, 4, 4))[0]
+    candidates = {}  # (dy, dx, flip) -> the expected image
+    for dy in range(9):
+        for dx in range(9):
+            crop = padded[:, dy : dy + 32, dx : dx + 32]
+            candidates[dy, dx, False], candidates[dy, dx, True] = crop, crop.flip(-1)
+    batches = Batches(data, batch_size=32, seed=0, pad=4)
+    seen = set()
+    for _ in range(40):
+        images, _ = batches.next()
+        for image in images:
+            found = [key for key, crop in candidates.items() if torch.equal(image, crop)]
+            assert len(found) == 1  # every output is exactly one shifted (and maybe flipped) crop
+            seen.add(found[0])
+    assert len(seen) == len(candidates)  # all 81 offsets x 2 flips occur over 1280 draws
+
+
+def test_batches_are_determined_by_the_seed(tiny_cifar10_root: Path) -> None:
+    data = load(tiny_cifar10_root)
+    a, b, c = (Batches(data, 16, seed) for seed in (7, 7, 8))
+    for _ in range(6):
+        (xa, ya), (xb, yb), (xc, _) = a.next(), b.next(), c.next()
+        assert torch.equal(xa, xb) and torch.equal(ya, yb) and not torch.equal(xa, xc)
+
+
+def test_resume_continues_exactly_across_epoch_boundaries(tiny_cifar10_root: Path, tmp_path: Path) -> None:
+    data = load(tiny_cifar10_root)
+    reference = Batches(data, 16, seed=0)
+    expected = [reference.next() for _ in range(10)]  # 5 epochs of 2 steps
+    first = Batches(data, 16, seed=0)
+    for _ in range(5):
+        first.next()
+    torch.save(first.state_dict(), tmp_path / "batches.pt")
+    resumed = Batches(data, 16, seed=123)  # a different seed: the state must override it
+    resumed.load_state_dict(torch.load(tmp_path / "batches.pt", weights_only=True))
+    for images, labels in expected[5:]:
+        got_images, got_labels = resumed.next()
+        assert torch.equal(got_images, images) and torch.equal(got_labels, labels)
+
+
+def test_state_for_another_training_set_is_refused(tiny_cifar10_root: Path) -> None:
+    state = Batches(load(tiny_cifar10_root), 16, seed=0).state_dict()
+    with pytest.raises(DataError, match=re.escape("did data.val_size or the dataset change")):
+        Batches(load(tiny_cifar10_root, val_size=5), 16, seed=0).load_state_dict(state)
+
+
+def test_a_batch_larger_than_the_training_set_is_refused(tiny_cifar10_root: Path) -> None:
+    with pytest.raises(DataError, match="batch size 41 does not fit a training set of 40 images"):
+        Batches(load(tiny_cifar10_root), 41, seed=0)
+
+
+# --------------------------------------------------------------------------------------------
+# prepare
+
+
+def official_archive(tmp_path: Path, tiny: Tiny) -> Path:
+    (tmp_path / "downloads").mkdir()
+    return write_official_archive(tmp_path / "downloads" / "cifar-10-python.tar.gz", tiny)
+
+
+SOURCES = {  # form -> (writer of the source, whether images load class by class)
+    "official-archive": (official_archive, False),
+    "pickle-folder": (lambda tmp, tiny: write_pickles(tmp / "copy", tiny), False),
+    "image-tree": (lambda tmp, tiny: write_image_tree(tmp / "cifar10-png", tiny), True),
+    "image-archive": (lambda tmp, tiny: write_image_archive(tmp / "cifar10-png.tar.gz", tiny), True),
+}
+
+
+@pytest.mark.parametrize("form", SOURCES)
+def test_prepare_puts_each_form_where_build_data_finds_it(tmp_path: Path, tiny: Tiny, form: str) -> None:
+    write, class_major = SOURCES[form]
+    src, root = write(tmp_path, tiny), tmp_path / "data"
+    message = prepare(src, root)
+    assert "40 training + 20 test images" in message and str(root / "resbench-cifar10.npz") in message
+    check = assert_holds_class_major if class_major else assert_holds_pickle_order
+    cached = load(root)
+    check(cached, tiny)
+    assert "cached" in cached.source and not cached.official
+    (root / "resbench-cifar10.npz").unlink()  # without the cache, the copy in root is found
+    check(load(root), tiny)
+
+
+def test_prepare_from_a_pickle_folder_inside_root_copies_nothing(tmp_path: Path, tiny: Tiny) -> None:
+    folder = write_pickles(tmp_path / "data", tiny)
+    prepare(folder, tmp_path / "data")
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
+        "cifar-10-batches-py",
+        "resbench-cifar10.npz",
+    ]
+
+
+def test_prepare_refuses_to_overwrite_other_data(tmp_path: Path, tiny: Tiny) -> None:
+    write_pickles(tmp_path / "data", tiny)
+    src = write_pickles(tmp_path / "other", tiny_set(seed=1))
+    with pytest.raises(DataError, match="cifar-10-batches-py already exists; remove it"):
+        prepare(src, tmp_path / "data")
+
+
+def test_prepare_removes_what_it_copied_when_the_data_is_bad(tmp_path: Path, tiny: Tiny) -> None:
+    tree = write_image_tree(tmp_path / "tree", tiny)
+    Image.new("RGB", (8, 8)).save(tree / "test" / "cat" / "9999.png")
+    with pytest.raises(DataError, match="is 8x8"):
+        prepare(tree, tmp_path / "data")
+    assert os.listdir(tmp_path / "data") == []
+
+
+def test_prepare_names_a_source_it_cannot_use(tmp_path: Path) -> None:
+    with pytest.raises(
+        DataError, match=re.escape("does not exist; --from takes the official cifar-10-python.tar.gz")
+    ):
+        prepare(tmp_path / "nowhere", tmp_path / "data")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match=re.escape("notes.txt is not a form resbench reads")):
+        prepare(tmp_path / "notes.txt", tmp_path / "data")
+    (tmp_path / "empty").mkdir()
+    tar_folder(tmp_path / "empty", tmp_path / "empty.tar.gz")
+    with pytest.raises(DataError, match="holds neither cifar-10-batches-py/ nor train/ \\+ test/"):
+        prepare(tmp_path / "empty.tar.gz", tmp_path / "data")
+    assert not (tmp_path / "data" / "empty.tar.gz").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# The real CIFAR-10 copy in ../shared/data (decoded once per session: see data_fixtures)
+
+
+@pytest.mark.real_data
+def test_real_cifar10_jpeg_copy(real_cifar10_prepared: tuple[Path, str, float]) -> None:
+    root, message, prepare_seconds = real_cifar10_prepared
+    assert "50,000 training + 10,000 test images" in message
+    start = time.perf_counter()
+    data = load(root)
+    seconds = time.perf_counter() - start
+    assert "cached" in data.source and seconds < 1, f"cached build_data took {seconds:.2f} s"
+    assert (len(data.train), len(data.test)) == (50_000, 10_000)
+    assert torch.bincount(data.train.labels).tolist() == [5000] * 10
+    assert torch.bincount(data.test.labels).tolist() == [1000] * 10
+    assert not data.official and len(data.notes) == 1 and "JPEG" in data.notes[0]
+    print(f"prepare from the JPEG tar.gz: {prepare_seconds:.1f} s; cached build_data: {seconds:.2f} s")
