@@ -2,16 +2,21 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
+# A local CIFAR-10 copy to prepare from; where there is none, the official archive is downloaded.
+CIFAR ?= ../shared/data/cifar10-jpg.tar.gz
 
-.PHONY: demo test lint clean
+.PHONY: demo test clean
 
 $(BIN)/resbench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
-demo: $(BIN)/resbench  ## set up, then run the main job
-	$(BIN)/resbench show resnet56
+data/resbench-cifar10.npz: | $(BIN)/resbench
+	$(BIN)/resbench data prepare $(if $(wildcard $(CIFAR)),--from $(CIFAR))
+
+demo: $(BIN)/resbench data/resbench-cifar10.npz  ## set up, then run the main job
+	$(BIN)/resbench train --config resnet20 --preset quick --resume
 
 test: $(BIN)/resbench  ## set up, then run the whole test suite and the linter
 	$(BIN)/ruff check .

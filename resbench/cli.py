@@ -247,17 +247,17 @@ app.add_typer(data_app, name="data")
 @data_app.command("prepare")
 def data_prepare(
     source: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--from",
-            help="cifar-10-python.tar.gz, a cifar-10-batches-py folder, "
-            "or an image-folder tree (train/<class>/*, test/<class>/*) or its .tar.gz.",
+            help="cifar-10-python.tar.gz, a cifar-10-batches-py folder, or an image-folder tree "
+            "(train/<class>/*, test/<class>/*) or its .tar.gz. Without it: download the official archive.",
         ),
-    ],
+    ] = None,
     root: Annotated[Path, typer.Option(help="Where configs look for data (data.root).")] = Path("data"),
     dataset: Annotated[str, typer.Option(help="cifar10 or cifar100.")] = "cifar10",
 ) -> None:
-    """Unpack or convert a CIFAR copy into ROOT and build resbench's cache, so training starts at once."""
+    """Put a CIFAR copy into ROOT and build resbench's cache, so every training starts at once."""
     from resbench.data import prepare
 
     with user_errors():

@@ -601,11 +601,20 @@ class Batches:
 # resbench data prepare
 
 
-def prepare(src: Path, root: Path, dataset: str = "cifar10") -> str:
-    """Copy or extract `src` into `root` where `build_data` finds it, then write the cache."""
+def prepare(src: Path | None, root: Path, dataset: str = "cifar10") -> str:
+    """Copy or extract `src` into `root` where `build_data` finds it, then write the cache.
+
+    With no `src`, download the official archive with torchvision's downloader.
+    """
     if dataset not in _SPECS:
         raise DataError(f"unknown dataset {dataset!r}; choose from {', '.join(_SPECS)}")
-    spec, src, root = _SPECS[dataset], Path(src).expanduser(), Path(root).expanduser()
+    spec, root = _SPECS[dataset], Path(root).expanduser()
+    if src is None:
+        arrays = _download(spec, root)
+        cache = root / f"resbench-{spec.key}.npz"
+        _write_cache(cache, arrays)
+        return f"downloaded {spec.name} to {root / spec.folder} and cached it in {cache}"
+    src = Path(src).expanduser()
     forms = (
         f"the official {spec.archive}, a {spec.folder} folder, an image-folder tree "
         "(train/ and test/) or a .tar.gz of one"

@@ -49,6 +49,7 @@ def test_corrupt_checkpoint_names_the_file_and_the_fix(tmp_path: Path) -> None:
     assert str(path) in str(err.value) and "--force" in str(err.value)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_foreign_pickle_is_refused_by_weights_only(tmp_path: Path) -> None:
     import pickle
 

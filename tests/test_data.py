@@ -190,6 +190,19 @@ def test_download_is_tried_only_when_asked(
     assert_holds_pickle_order(data, tiny)
 
 
+def test_prepare_without_a_source_downloads_and_caches(
+    tmp_path: Path, tiny: Tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class FakeCIFAR10(torchvision.datasets.CIFAR10):
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            write_pickles(Path(root), tiny)
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    assert "downloaded" in prepare(None, tmp_path / "data")
+    assert (tmp_path / "data" / "resbench-cifar10.npz").is_file()
+    assert_holds_pickle_order(load(tmp_path / "data"), tiny)
+
+
 def test_a_failed_download_is_a_data_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     class OfflineCIFAR10(torchvision.datasets.CIFAR10):
         def __init__(self, *args: object, **kwargs: object) -> None:

@@ -115,7 +115,13 @@ def test_tensorboard_tags_and_hparams_in_the_run_directory(learnable_root: Path,
     }
     assert [e.step for e in events.Scalars("error/test")] == [10, 20, 30, 40]
     assert [e.value for e in events.Scalars("lr")] == pytest.approx([0.1] * 6 + [0.01] * 2)
-    assert "hparams" in events.PluginTagToContent("hparams") or events.PluginTagToContent("hparams")
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = events.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= content.keys()
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    assert start.session_start_info.hparams["model.depth"].number_value == 8
+    assert start.session_start_info.hparams["model.shortcut"].string_value == "A"
     assert not [p for p in (tmp_path / "run").iterdir() if p.is_dir()]  # no stray sub-runs
 
 
