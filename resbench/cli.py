@@ -7,6 +7,8 @@ Each command loads a config, calls one function of the library and renders its r
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -23,6 +25,8 @@ from resbench import config as config_mod
 from resbench.config import ResbenchError, RunConfig
 from resbench.models import describe
 from resbench.tracking import Summary, Tracker, run_dir_for
+from resbench.train import Interrupted
+from resbench.train import train as train_run
 
 app = typer.Typer(
     help="Reproduce the degradation experiment of He et al. 2015 (§4.2): plain vs residual CIFAR nets.",
@@ -30,8 +34,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# Rich assumes 80 columns where stdout is not a terminal; logs are read on wide screens.
+_WIDTH = int(os.environ.get("COLUMNS", "0")) or (None if sys.stdout.isatty() else 120)
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=_WIDTH)
 
 SetOption = Annotated[
     list[str] | None,
@@ -225,7 +231,6 @@ def train(
     ] = False,
 ) -> None:
     """Train a config on CIFAR: one run directory per seed, TensorBoard logs, exact resume."""
-    from resbench.train import train as train_run  # imported here: `resbench show` stays quick
 
     with user_errors():
         overrides = list(set_ or []) + ([f"run.device={device}"] if device else [])
@@ -238,6 +243,176 @@ def train(
             tracker = Tracker() if quiet else ConsoleTracker(console)
             summary = train_run(cfg, run_dir, tracker, resume=resume, force=force)
             _report(summary, run_dir)
+
+
+class SweepProgress:
+    """Progress of a set of runs: done / running / queued, and each running run's iteration and ETA."""
+
+    def __init__(self, out: Console, planned: list[Any]) -> None:
+        self.out, self.total = out, len(planned)
+        self.names = {p.run_dir: f"{p.cfg.run.name} seed {p.cfg.run.seed}" for p in planned}
+        self.done = sum(p.state == "finished" for p in planned)
+        self.running: dict[Path, Any] = {}
+        self.progress: Progress | None = None
+        if out.is_terminal:
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                console=out,
+            )
+            self.overall = self.progress.add_task(
+                "[bold]runs", total=self.total, completed=self.done, info=""
+            )
+            self.progress.start()
+        self._update_overall()
+
+    def _update_overall(self) -> None:
+        queued = self.total - self.done - len(self.running)
+        if self.progress is not None:
+            self.progress.update(
+                self.overall,
+                completed=self.done,
+                info=f"{self.done} done, {len(self.running)} running, {queued} queued",
+            )
+
+    def __call__(self, event: Any) -> None:
+        name = self.names.get(event.run_dir, str(event.run_dir))
+        if event.kind == "note":
+            err_console.print(
+                f"[bold yellow]note:[/] {escape(event.message)}", highlight=False, soft_wrap=True
+            )
+        elif event.kind == "start":
+            what = f"resuming at {event.iteration}" if event.iteration else "training"
+            if self.progress is not None:
+                self.running[event.run_dir] = self.progress.add_task(
+                    f"  {name}", total=event.total, completed=event.iteration, info=what
+                )
+            else:
+                self.running[event.run_dir] = None
+                self.out.print(f"{name}: {what} ({event.total} iterations)", highlight=False)
+        elif event.kind == "step" and self.progress is not None and event.run_dir in self.running:
+            self.progress.update(self.running[event.run_dir], completed=event.iteration)
+        elif event.kind == "done":
+            task = self.running.pop(event.run_dir, None)
+            if self.progress is not None and task is not None:
+                self.progress.remove_task(task)
+            elif self.progress is None:
+                self.out.print(f"{name}: {event.message}", highlight=False)
+            self.done += 1
+        elif event.kind == "log" and event.metrics and "error/test" in event.metrics:
+            info = f"test err {event.metrics['error/test']:.1f}%"
+            if self.progress is not None and event.run_dir in self.running:
+                self.progress.update(self.running[event.run_dir], info=info)
+            elif self.progress is None:
+                self.out.print(f"{name}: iter {event.iteration}  {info}", highlight=False)
+        self._update_overall()
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _report_table(report: Any) -> Table:
+    table = Table(title="Final error (%), mean ± std over seeds: final model, never the best epoch")
+    for column in ("model", "params", "train err", "test err", "paper (Δ)", "seeds", "time"):
+        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
+    for r in report.rows:
+        paper = ""
+        if r.paper_test_error is not None:
+            paper = f"{'≈' if r.paper_approximate else ''}{r.paper_test_error:.2f} ({r.delta_to_paper:+.1f})"
+        table.add_row(
+            r.name,
+            f"{r.params / 1e3:,.0f}k",
+            str(r.train_error),
+            str(r.test_error),
+            paper,
+            str(len(r.seeds)),
+            f"{r.wall_time.mean / 60:.1f} min",
+        )
+    return table
+
+
+@app.command()
+def compare(
+    names: Annotated[
+        list[str], typer.Argument(help="Config names (plain20), YAML paths or run directories.")
+    ],
+    seeds: Annotated[
+        str, typer.Option(help="Seeds per model: a count (3 means 0,1,2) or a list (0,4).")
+    ] = "1",
+    set_: SetOption = None,
+    preset: PresetOption = None,
+    jobs: Annotated[int, typer.Option(help="Trainings at once, each in its own process.")] = 1,
+    no_train: Annotated[bool, typer.Option("--no-train", help="Report on existing runs only.")] = False,
+    device: Annotated[str | None, typer.Option(help="auto, cuda, mps or cpu (sets run.device).")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where run directories are: RUNS_DIR/NAME/seedK.")] = Path(
+        "runs"
+    ),
+    out: Annotated[Path | None, typer.Option(help="Report folder (default: reports/<names>/).")] = None,
+) -> None:
+    """Plain vs residual side by side: train what is missing, reuse what exists, report and judge."""
+    from resbench.compare import load_run, parse_seeds, plan, summarise
+    from resbench.report import write_report
+    from resbench.sweep import run_all
+
+    with user_errors():
+        if jobs < 1:
+            raise config_mod.ConfigError(f"--jobs {jobs}: must be at least 1")
+        overrides = list(set_ or []) + ([f"run.device={device}"] if device else [])
+        planned = plan(names, parse_seeds(seeds), overrides, preset, runs_dir)
+        todo = [p for p in planned if p.state != "finished"]
+        if no_train and todo:
+            raise config_mod.ConfigError(
+                "--no-train, but these runs are not finished: "
+                + ", ".join(str(p.run_dir) for p in todo)
+                + ". Run compare without --no-train to train or resume them."
+            )
+        states = [p.state for p in planned]
+        console.print(
+            f"{len(planned)} runs: {states.count('finished')} reused, {states.count('unfinished')} "
+            f"to resume, {len(todo) - states.count('unfinished')} to train ({jobs} at a time)",
+            highlight=False,
+        )
+        failed = []
+        if todo:
+            progress = SweepProgress(console, planned)
+            try:
+                outcomes = run_all([(p.cfg, p.run_dir) for p in todo], jobs, progress)
+            except KeyboardInterrupt:
+                raise Interrupted(
+                    "compare stopped; each run wrote its checkpoint. Run the same command again to resume."
+                ) from None
+            finally:
+                progress.close()
+            failed = [o for o in outcomes if o.error is not None]
+        for o in failed:
+            err_console.print(
+                f"[bold red]run failed:[/] {o.run_dir}: {escape(o.error)}", highlight=False, soft_wrap=True
+            )
+        records = [load_run(p.run_dir) for p in planned if p.run_dir not in {o.run_dir for o in failed}]
+        if not records:
+            raise ResbenchError("no run finished; nothing to report")
+        report = summarise(records)
+        out_dir = out or Path("reports") / "_".join(dict.fromkeys(p.cfg.run.name for p in planned))
+        files = write_report(report, out_dir)
+
+    console.print(_report_table(report))
+    colours = {"shown": "green", "not shown": "red", "inconclusive": "yellow"}
+    for f in report.findings:
+        console.print(f"[bold {colours[f.status]}]{f.status:>12}[/]  {escape(f.text)}", highlight=False)
+    for note in report.notes:
+        console.print(f"[dim]note: {escape(note)}[/]", highlight=False)
+    console.print(
+        f"\nreport: {files.figure_png}, {files.figure_svg}, {files.summary_md}, {files.summary_csv}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(f"overlay: {files.tensorboard_command}", highlight=False, soft_wrap=True, markup=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 data_app = typer.Typer(help="Get CIFAR onto this machine.", no_args_is_help=True)

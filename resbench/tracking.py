@@ -32,8 +32,8 @@ from typing import IO, Any
 import torch
 
 import resbench
-from resbench.checkpoint import CHECKPOINT
-from resbench.config import ResbenchError, RunConfig, flatten
+from resbench.checkpoint import CHECKPOINT, changed_keys
+from resbench.config import ConfigError, ResbenchError, RunConfig, flatten, load
 from resbench.files import atomic_write
 
 METRICS = "metrics.jsonl"
@@ -78,12 +78,12 @@ class RunLock:
     """An exclusive `flock` on `<run>/.lock`. The kernel drops it when its process dies, so a lock
     file left behind by a killed run is stale by construction and never blocks `--resume`."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, wait: bool = False) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / LOCK
         self._file: IO[str] | None = open(self.path, "a+")
         try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             self._file.seek(0)
             holder = self._file.read().strip() or "another process"
@@ -144,6 +144,17 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, force: bool) ->
     if state == "started":  # killed before its first checkpoint: nothing to continue from
         return prepare_run_dir(run_dir, cfg, resume=False, force=True)
     return state == "unfinished"
+
+
+def check_same_config(run_dir: Path, cfg: RunConfig, saved: dict[str, Any] | None = None) -> None:
+    """Refuse to continue or reuse a run trained with another config; name the keys that differ."""
+    if saved is None:
+        saved = load(run_dir / "config.yaml").to_dict()
+    if changed := changed_keys(saved, cfg.to_dict()):
+        raise ConfigError(
+            f"{run_dir} was trained with another config: it differs in {', '.join(changed)}. "
+            "Restore those values, or start the run again with --force."
+        )
 
 
 def write_run_files(run_dir: Path, cfg: RunConfig, env: Mapping[str, Any]) -> None:

@@ -32,6 +32,7 @@ from resbench.tracking import (
     Summary,
     Tracker,
     Trackers,
+    check_same_config,
     environment,
     prepare_run_dir,
     read_summary,
@@ -225,16 +226,24 @@ def resume_command(run_dir: Path) -> str:
 
 
 def train(
-    cfg: RunConfig, run_dir: Path, tracker: Tracker | None = None, resume: bool = False, force: bool = False
+    cfg: RunConfig,
+    run_dir: Path,
+    tracker: Tracker | None = None,
+    resume: bool = False,
+    force: bool = False,
+    wait: bool = False,
 ) -> Summary:
     """Train one run in `run_dir`, or continue it from its checkpoint with `resume`.
 
-    The run's files are always written; `tracker` receives the same events (e.g. for a console).
+    With `resume`, a finished run with the same config is returned as it is. The run's files are
+    always written; `tracker` receives the same events (e.g. for a console). `wait` waits for a run
+    directory that another process holds, instead of refusing it.
     """
     tracker = Trackers([RunFiles(run_dir), tracker or Tracker()])
-    lock = RunLock(run_dir)
+    lock = RunLock(run_dir, wait=wait)
     try:
         if resume and (run_dir / "summary.json").exists() and not force:
+            check_same_config(run_dir, cfg)
             return read_summary(run_dir)  # finished already: nothing left to do
         resuming = prepare_run_dir(run_dir, cfg, resume, force)
         return _train(cfg, run_dir, tracker, resuming)
@@ -245,11 +254,8 @@ def train(
 
 def _train(cfg: RunConfig, run_dir: Path, tracker: Tracker, resuming: bool) -> Summary:
     saved = checkpoint.load(run_dir / checkpoint.CHECKPOINT) if resuming else None
-    if saved is not None and (changed := checkpoint.changed_keys(saved["config"], cfg.to_dict())):
-        raise ConfigError(
-            f"cannot resume {run_dir}: the config differs from the checkpoint's in "
-            f"{', '.join(changed)}. Restore those values, or start again with --force."
-        )
+    if saved is not None:
+        check_same_config(run_dir, cfg, saved["config"])
 
     device = resolve_device(cfg.run.device)
     precision = resolve_precision(cfg.run.precision, device)

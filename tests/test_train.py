@@ -223,7 +223,7 @@ def test_resume_refuses_a_changed_config_and_names_the_keys(learnable_root: Path
     with pytest.raises(Interrupted):
         train(cfg, tmp_path / "run", InterruptAt(5))
     changed = load(learnable_root, "optim.lr=0.05", "optim.momentum=0.5")
-    with pytest.raises(ConfigError, match=r"optim\.lr, optim\.momentum"):
+    with pytest.raises(ConfigError, match=r"differs in optim\.lr, optim\.momentum"):
         train(changed, tmp_path / "run", resume=True)
     train(load(learnable_root, "run.checkpoint_every=7"), tmp_path / "run", resume=True)  # harmless change
 

@@ -1,0 +1,363 @@
+"""Comparing runs: final numbers over seeds, aligned curves, and a verdict computed from the data.
+
+    plan(names, seeds, overrides, preset, runs_dir) -> list[Planned]    which runs a compare needs
+    load_run(run_dir)                               -> RunRecord        a finished run from disk
+    summarise(records)                              -> Report           rows, curves, findings
+
+Pure: nothing here prints, trains or draws. cli.py renders a `Report`; report.py writes its
+figure and files; sweep.py trains what `plan` finds missing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from resbench import config
+from resbench.config import ConfigError, ResbenchError, RunConfig
+from resbench.tracking import Summary, check_same_config, read_metrics, read_summary, run_dir_for, run_state
+
+# Table 6 (ResNets, option A) and readings of Figure 6 (plain nets; approximate), test error in %.
+PAPER_RESNET = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
+PAPER_PLAIN_APPROX = {20: 9.5, 32: 10.0, 44: 12.0, 56: 13.5}
+PAPER_ITERATIONS = 64_000
+# Seed-to-seed spread of final errors in public reproductions (paper.md): with one seed per model,
+# a difference smaller than this cannot be told from noise.
+SEED_SPREAD = 0.5
+# Keys that must agree across every run of a compare, or the comparison is not like for like.
+SHARED_KEYS = (
+    "data.dataset",
+    "data.root",
+    "data.val_size",
+    "data.normalize",
+    "data.augment",
+    "data.pad",
+    "optim.lr",
+    "optim.momentum",
+    "optim.weight_decay",
+    "optim.batch_size",
+    "schedule.iterations",
+    "schedule.milestones",
+    "schedule.gamma",
+)
+
+
+class CompareError(ResbenchError):
+    exit_code = 2
+
+
+# --------------------------------------------------------------------------------------------
+# Which runs
+
+
+@dataclass(frozen=True)
+class Planned:
+    cfg: RunConfig
+    run_dir: Path
+    state: str  # as tracking.run_state: finished (reused), unfinished (resumed), empty/started (trained)
+
+
+def parse_seeds(seeds: str) -> list[int]:
+    """`3` means seeds 0, 1, 2; `0,4,7` means those seeds."""
+    try:
+        values = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {seeds!r}: expected a count (3) or a list (0,1,2)") from None
+    if "," not in seeds and len(values) == 1:
+        if values[0] < 1:
+            raise ConfigError(f"--seeds {seeds!r}: a count must be at least 1")
+        return list(range(values[0]))
+    return values
+
+
+def plan(
+    names: list[str], seeds: list[int], overrides: list[str], preset: str | None, runs_dir: Path
+) -> list[Planned]:
+    """One run per (name, seed); a run directory given as a name stands for itself."""
+    planned: list[Planned] = []
+    for name in names:
+        path = Path(name)
+        if path.is_dir() and (path / "config.yaml").is_file():
+            planned.append(Planned(config.load(path / "config.yaml"), path, run_state(path)))
+            continue
+        for seed in seeds:
+            cfg = config.load(name, [*overrides, f"run.seed={seed}"], preset)
+            run_dir = run_dir_for(cfg, runs_dir)
+            state = run_state(run_dir)
+            if state == "finished":  # reused only if it is the run asked for
+                check_same_config(run_dir, cfg)
+            planned.append(Planned(cfg, run_dir, state))
+    seen: dict[Path, str] = {}
+    for p in planned:
+        if p.run_dir in seen:
+            raise CompareError(
+                f"{seen[p.run_dir]} and {p.cfg.run.name} seed {p.cfg.run.seed} share {p.run_dir}"
+            )
+        seen[p.run_dir] = f"{p.cfg.run.name} seed {p.cfg.run.seed}"
+    return planned
+
+
+# --------------------------------------------------------------------------------------------
+# Finished runs
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_dir: Path
+    cfg: RunConfig
+    summary: Summary
+    metrics: list[dict]
+
+
+def load_run(run_dir: Path) -> RunRecord:
+    if not (run_dir / "config.yaml").is_file():
+        raise CompareError(f"{run_dir} is not a run directory (no config.yaml)")
+    metrics = read_metrics(run_dir)
+    if not metrics:
+        raise CompareError(f"{run_dir} has no metrics.jsonl: the run never logged. Train it first.")
+    if not (run_dir / "summary.json").is_file():
+        raise CompareError(
+            f"{run_dir} is unfinished (no summary.json). Resume it, or compare without --no-train."
+        )
+    return RunRecord(run_dir, config.load(run_dir / "config.yaml"), read_summary(run_dir), metrics)
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics, rows and curves
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation over seeds (std 0 for a single seed)."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> Stat:
+        a = np.asarray(values, dtype=np.float64)
+        return cls(float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0, len(a))
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f} ± {self.std:.2f}" if self.n > 1 else f"{self.mean:.2f}"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One model: its final numbers over seeds. Errors in %."""
+
+    name: str
+    depth: int
+    block: str
+    residual: bool
+    shortcut: str | None
+    params: int
+    seeds: tuple[int, ...]
+    train_error: Stat  # running error on augmented batches over the last log window
+    test_error: Stat  # final model, eval mode
+    paper_test_error: float | None
+    paper_approximate: bool  # read off Figure 6 rather than taken from Table 6
+    wall_time: Stat  # seconds
+    iterations: int
+
+    @property
+    def delta_to_paper(self) -> float | None:
+        return None if self.paper_test_error is None else self.test_error.mean - self.paper_test_error
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Error (%) against iteration, averaged over seeds on a common grid."""
+
+    name: str
+    depth: int
+    residual: bool
+    n: int
+    train_iterations: np.ndarray
+    train_mean: np.ndarray
+    train_std: np.ndarray
+    test_iterations: np.ndarray
+    test_mean: np.ndarray
+    test_std: np.ndarray
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # "degradation", "residual fix" or "deeper resnet"
+    status: str  # "shown", "not shown" or "inconclusive"
+    text: str
+
+
+@dataclass(frozen=True)
+class Report:
+    rows: list[Row]
+    curves: list[Curve]
+    findings: list[Finding]
+    notes: list[str]
+    records: list[RunRecord]
+
+
+def summarise(records: list[RunRecord]) -> Report:
+    """Group runs by model (seeds together), then compute rows, curves and the verdict."""
+    if not records:
+        raise CompareError("nothing to compare")
+    _check_alike(records)
+    groups: dict[str, list[RunRecord]] = defaultdict(list)
+    for r in records:
+        groups[r.cfg.run.name].append(r)
+    for name, group in groups.items():
+        digests = {r.cfg.digest(exclude_run=True) for r in group}
+        if len(digests) > 1:
+            raise CompareError(
+                f"runs named {name} were trained with different configs: "
+                + ", ".join(str(r.run_dir) for r in group)
+            )
+    order = sorted(groups, key=lambda n: (groups[n][0].cfg.model.residual, groups[n][0].cfg.model.depth, n))
+    rows = [_row(name, groups[name]) for name in order]
+    curves = [_curve(name, groups[name]) for name in order]
+    return Report(rows, curves, verdict(rows), _notes(rows), records)
+
+
+def _check_alike(records: list[RunRecord]) -> None:
+    first = records[0]
+    a = config.flatten(first.cfg.to_dict())
+    for r in records[1:]:
+        b = config.flatten(r.cfg.to_dict())
+        differ = [k for k in SHARED_KEYS if a.get(k) != b.get(k)]
+        if differ:
+            detail = ", ".join(f"{k}: {a.get(k)} vs {b.get(k)}" for k in differ)
+            raise CompareError(
+                f"{first.run_dir} and {r.run_dir} were not trained alike ({detail}); "
+                "compare runs on the same data and schedule"
+            )
+
+
+def _row(name: str, group: list[RunRecord]) -> Row:
+    m = group[0].cfg.model
+    paper = (PAPER_RESNET if m.residual else PAPER_PLAIN_APPROX).get(m.depth) if m.block == "basic" else None
+    if m.residual and m.shortcut != "A":
+        paper = None  # Table 6 is option A
+    return Row(
+        name=name,
+        depth=m.depth,
+        block=m.block,
+        residual=m.residual,
+        shortcut=m.shortcut,
+        params=group[0].summary.params,
+        seeds=tuple(sorted(r.cfg.run.seed for r in group)),
+        train_error=Stat.of([r.summary.train_error for r in group]),
+        test_error=Stat.of([r.summary.test_error for r in group]),
+        paper_test_error=paper,
+        paper_approximate=paper is not None and not m.residual,
+        wall_time=Stat.of([r.summary.wall_time for r in group]),
+        iterations=group[0].summary.iterations,
+    )
+
+
+def aligned(points: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Curves logged at different iterations, interpolated onto the union of their iterations
+    within the range every curve covers; returns (iterations, mean, std over curves)."""
+    lo = max(x[0] for x, _ in points)
+    hi = min(x[-1] for x, _ in points)
+    grid = np.unique(np.concatenate([x for x, _ in points]))
+    grid = grid[(grid >= lo) & (grid <= hi)]
+    values = np.stack([np.interp(grid, x, y) for x, y in points])
+    std = values.std(axis=0, ddof=1) if len(points) > 1 else np.zeros(len(grid))
+    return grid, values.mean(axis=0), std
+
+
+def _series(metrics: list[dict], tag: str) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [(m["iteration"], m[tag]) for m in metrics if tag in m]
+    return np.array([p[0] for p in pairs], dtype=np.float64), np.array([p[1] for p in pairs])
+
+
+def _curve(name: str, group: list[RunRecord]) -> Curve:
+    train = aligned([_series(r.metrics, "error/train") for r in group])
+    test = aligned([_series(r.metrics, "error/test") for r in group])
+    m = group[0].cfg.model
+    return Curve(name, m.depth, m.residual, len(group), *train, *test)
+
+
+# --------------------------------------------------------------------------------------------
+# The verdict
+
+
+def _judge(diff: float, a: Stat, b: Stat, expected_sign: int) -> str:
+    """shown / not shown / inconclusive, for a difference `diff` = a - b expected to have a sign."""
+    if a.n > 1 and b.n > 1:
+        noise = 2 * math.sqrt(a.std**2 / a.n + b.std**2 / b.n)  # ~95% on the difference of means
+    else:
+        noise = SEED_SPREAD
+    if abs(diff) < noise:
+        return "inconclusive"
+    return "shown" if diff * expected_sign > 0 else "not shown"
+
+
+def _seeds(a: Stat, b: Stat) -> str:
+    n = min(a.n, b.n)
+    return f"{n} seeds" if n > 1 else "1 seed each"
+
+
+def verdict(rows: list[Row]) -> list[Finding]:
+    """Pair plain and residual twins by depth and read off what the data show."""
+    findings: list[Finding] = []
+    for block in sorted({r.block for r in rows}):
+        plain = sorted((r for r in rows if r.block == block and not r.residual), key=lambda r: r.depth)
+        residual = [r for r in rows if r.block == block and r.residual and r.shortcut == "A"] or [
+            r for r in rows if r.block == block and r.residual
+        ]
+        residual = sorted({r.depth: r for r in residual}.values(), key=lambda r: r.depth)
+        for deep in plain[1:]:
+            findings.append(_compare("degradation", deep, plain[0], +1))
+        for r in residual:
+            twin = next((p for p in plain if p.depth == r.depth), None)
+            if twin is not None:
+                findings.append(_compare("residual fix", r, twin, -1))
+        for deep in residual[1:]:
+            findings.append(_compare("deeper resnet", deep, residual[0], -1))
+    return findings
+
+
+def _compare(kind: str, a: Row, b: Row, expected_sign: int) -> Finding:
+    diff = a.train_error.mean - b.train_error.mean
+    status = _judge(diff, a.train_error, b.train_error, expected_sign)
+    numbers = (
+        f"train error {a.train_error.mean:.1f}% vs {b.train_error.mean:.1f}%, {diff:+.1f} pts, "
+        f"{_seeds(a.train_error, b.train_error)}; test error {a.test_error.mean:.1f}% vs "
+        f"{b.test_error.mean:.1f}%"
+    )
+    phrases = {
+        ("degradation", "shown"): f"Degradation: {a.name} trains worse than {b.name}",
+        ("degradation", "not shown"): f"No degradation: {a.name} trains better than {b.name}",
+        ("residual fix", "shown"): f"Residual fix: {a.name} trains better than its plain twin {b.name}",
+        ("residual fix", "not shown"): f"No residual fix: {a.name} trains worse than its plain twin {b.name}",
+        ("deeper resnet", "shown"): f"Deeper ResNet: {a.name} trains better than {b.name}",
+        ("deeper resnet", "not shown"): f"Deeper ResNet not better: {a.name} trains worse than {b.name}",
+    }
+    text = phrases.get(
+        (kind, status), f"{kind.capitalize()} unclear: {a.name} vs {b.name} is within seed noise"
+    )
+    return Finding(kind, status, f"{text} ({numbers}).")
+
+
+def _notes(rows: list[Row]) -> list[str]:
+    notes = []
+    iterations = rows[0].iterations
+    if iterations < PAPER_ITERATIONS:
+        notes.append(
+            f"These runs are {iterations:,} iterations long, {iterations / PAPER_ITERATIONS:.0%} of the paper's "
+            "64k. A short schedule shows the ordering of plain nets (the degradation) and the gap between a "
+            "plain net and its residual twin. It does not reach the paper's errors (the reference column "
+            "is far away), and deeper ResNets need the long schedule to overtake shallower ones."
+        )
+    if any(r.train_error.n == 1 for r in rows):
+        notes.append(
+            f"Some models have a single seed. Seed-to-seed spread is about ±0.2–0.5 points, so differences "
+            f"under {SEED_SPREAD} points are reported as inconclusive. Use --seeds 3 or more for error bars."
+        )
+    return notes

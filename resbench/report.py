@@ -1,0 +1,192 @@
+"""A compare report on disk: Figure 6 (PNG and SVG), summary.md and summary.csv.
+
+    write_report(report, out_dir) -> ReportFiles
+
+Figure 6 follows the paper's layout: one panel for the plain nets and one for the ResNets, error
+(%) against iterations, dashed lines for training error and bold lines for test error, one colour
+per depth, and a ±std band where a model has several seeds. Drawing is headless (Agg).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from resbench.compare import Report
+from resbench.files import atomic_open, atomic_write
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    out_dir: Path
+    figure_png: Path
+    figure_svg: Path
+    summary_md: Path
+    summary_csv: Path
+    tensorboard_command: str
+
+
+def tensorboard_command(report: Report) -> str:
+    spec = ",".join(f"{r.cfg.run.name}-seed{r.cfg.run.seed}:{r.run_dir}" for r in report.records)
+    return f"tensorboard --logdir_spec {spec}"
+
+
+def figure6(report: Report) -> Figure:
+    """Two panels (plain, residual): dashed = training error, bold = test error, colour = depth."""
+    depths = sorted({c.depth for c in report.curves})
+    colours = {d: plt.get_cmap("tab10")(i % 10) for i, d in enumerate(depths)}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True, layout="constrained")
+    for ax, residual, title in ((axes[0], False, "plain"), (axes[1], True, "ResNet")):
+        for c in (c for c in report.curves if c.residual == residual):
+            colour = colours[c.depth]
+            label = f"{title}-{c.depth}" + (
+                f" ({c.name})" if c.name not in (f"plain{c.depth}", f"resnet{c.depth}") else ""
+            )
+            ax.plot(c.train_iterations, c.train_mean, "--", color=colour, linewidth=1, label=f"{label} train")
+            ax.plot(c.test_iterations, c.test_mean, "-", color=colour, linewidth=2.2, label=f"{label} test")
+            if c.n > 1:
+                ax.fill_between(
+                    c.train_iterations,
+                    c.train_mean - c.train_std,
+                    c.train_mean + c.train_std,
+                    color=colour,
+                    alpha=0.12,
+                    linewidth=0,
+                )
+                ax.fill_between(
+                    c.test_iterations,
+                    c.test_mean - c.test_std,
+                    c.test_mean + c.test_std,
+                    color=colour,
+                    alpha=0.2,
+                    linewidth=0,
+                )
+        ax.set_title(
+            f"{title} nets" if any(c.residual == residual for c in report.curves) else f"{title}: no runs"
+        )
+        ax.set_xlabel("iter.")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    axes[0].set_ylabel("error (%)")
+    n = max(c.n for c in report.curves)
+    fig.suptitle(
+        "CIFAR-10: dashed = training error (running, augmented), bold = test error"
+        + (f"; bands ±1 std over {n} seeds" if n > 1 else ""),
+        fontsize=10,
+    )
+    return fig
+
+
+def summary_table(report: Report) -> list[dict[str, object]]:
+    """The rows as plain values, for summary.csv and summary.md."""
+    return [
+        {
+            "model": r.name,
+            "depth": r.depth,
+            "block": r.block,
+            "net": "residual" if r.residual else "plain",
+            "shortcut": r.shortcut or "",
+            "params": r.params,
+            "seeds": len(r.seeds),
+            "train_error_mean": round(r.train_error.mean, 3),
+            "train_error_std": round(r.train_error.std, 3),
+            "test_error_mean": round(r.test_error.mean, 3),
+            "test_error_std": round(r.test_error.std, 3),
+            "paper_test_error": r.paper_test_error if r.paper_test_error is not None else "",
+            "paper_approximate": r.paper_approximate,
+            "delta_to_paper": round(r.delta_to_paper, 3) if r.delta_to_paper is not None else "",
+            "iterations": r.iterations,
+            "wall_time_s": round(r.wall_time.mean, 1),
+        }
+        for r in report.rows
+    ]
+
+
+def summary_markdown(report: Report, tb_command: str) -> str:
+    lines = [
+        "# resbench compare",
+        "",
+        "| model | depth | block | shortcut | params | train error (%) "
+        "| test error (%) | paper test error (%) | Δ to paper | wall time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report.rows:
+        paper = (
+            ""
+            if r.paper_test_error is None
+            else f"{'≈' if r.paper_approximate else ''}{r.paper_test_error:.2f}"
+        )
+        delta = "" if r.delta_to_paper is None else f"{r.delta_to_paper:+.2f}"
+        lines.append(
+            f"| {r.name} | {r.depth} | {r.block} | {r.shortcut or 'none (plain)'} | {r.params:,} | "
+            f"{r.train_error} | {r.test_error} | {paper} | {delta} | {r.wall_time.mean / 60:.1f} min |"
+        )
+    n = {len(r.seeds) for r in report.rows}
+    lines += [
+        "",
+        f"Mean ± std over {'/'.join(map(str, sorted(n)))} seed(s); final model, never the best "
+        "epoch. Training error is the running error on augmented batches over the last log window.",
+        "Paper: Table 6 (ResNets, option A); ≈: read off Figure 6 (plain nets).",
+        "",
+        "## Verdict",
+        "",
+    ]
+    lines += [f"- **{f.status}**: {f.text}" for f in report.findings] or ["- nothing to pair"]
+    if report.notes:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in report.notes]
+    lines += ["", "## Overlay in TensorBoard", "", "```", tb_command, "```", "", "## Runs", ""]
+    for r in report.records:
+        env_path = r.run_dir / "env.json"
+        env = json.loads(env_path.read_text()) if env_path.exists() else {}
+        lines.append(
+            f"- `{r.run_dir}`: torch {env.get('torch')}, resbench {env.get('resbench')}, "
+            f"{env.get('device_name')} ({env.get('precision')}), commit {env.get('git_commit')}"
+        )
+    lines += ["", "## Configs", ""]
+    for name in dict.fromkeys(r.cfg.run.name for r in report.records):
+        cfg = next(r.cfg for r in report.records if r.cfg.run.name == name)
+        lines += [
+            f"### {name} (seeds {', '.join(str(r.cfg.run.seed) for r in report.records if r.cfg.run.name == name)})",
+            "",
+            "```yaml",
+            cfg.to_yaml().rstrip(),
+            "```",
+            "",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: Report, out_dir: Path) -> ReportFiles:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tb = tensorboard_command(report)
+    files = ReportFiles(
+        out_dir,
+        out_dir / "figure6.png",
+        out_dir / "figure6.svg",
+        out_dir / "summary.md",
+        out_dir / "summary.csv",
+        tb,
+    )
+    fig = figure6(report)
+    for path, fmt in ((files.figure_png, "png"), (files.figure_svg, "svg")):
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, format=fmt, dpi=150)
+    plt.close(fig)
+    table = summary_table(report)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(table[0]))
+    writer.writeheader()
+    writer.writerows(table)
+    atomic_write(files.summary_csv, buffer.getvalue())
+    atomic_write(files.summary_md, summary_markdown(report, tb))
+    return files
