@@ -16,7 +16,7 @@ data/resbench-cifar10.npz: | $(BIN)/resbench
 	$(BIN)/resbench data prepare $(if $(wildcard $(CIFAR)),--from $(CIFAR))
 
 demo: $(BIN)/resbench data/resbench-cifar10.npz  ## set up, then run the main job
-	$(BIN)/resbench train --config resnet20 --preset quick --resume
+	$(BIN)/resbench compare plain20 plain56 resnet56 --preset quick
 
 test: $(BIN)/resbench  ## set up, then run the whole test suite and the linter
 	$(BIN)/ruff check .

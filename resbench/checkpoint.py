@@ -19,7 +19,16 @@ from resbench.files import atomic_open
 CHECKPOINT = "last.pt"
 
 # Keys that may change between a run and its resume without changing what is computed.
-RESUMABLE_CHANGES = frozenset({"run.device", "run.compile", "run.checkpoint_every"})
+RESUMABLE_CHANGES = frozenset(
+    {
+        "run.device",
+        "run.compile",
+        "run.checkpoint_every",
+        "analysis.every",
+        "analysis.images",
+        "analysis.per_channel",
+    }
+)
 
 
 class CheckpointError(ResbenchError):

@@ -59,6 +59,9 @@ def user_errors() -> Iterator[None]:
             f"[bold {style}]{err.label}:[/] {escape(str(err))}", highlight=False, soft_wrap=True
         )
         raise typer.Exit(err.exit_code) from None
+    except KeyboardInterrupt:  # before a run installed its own handler: nothing to save yet
+        err_console.print("[bold yellow]stopped:[/] interrupted", highlight=False)
+        raise typer.Exit(130) from None
 
 
 @app.command()
@@ -185,17 +188,10 @@ class ConsoleTracker(Tracker):
             self.progress = None
 
 
-def _parse_seeds(seed: int | None, seeds: str | None) -> list[int | None]:
+def _seeds(seed: int | None, seeds: str | None) -> list[int | None]:
     if seed is not None and seeds:
         raise config_mod.ConfigError("give --seed or --seeds, not both")
-    if not seeds:
-        return [seed]
-    try:
-        return [int(s) for s in seeds.split(",") if s.strip()]
-    except ValueError:
-        raise config_mod.ConfigError(
-            f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2"
-        ) from None
+    return list(config_mod.parse_seeds(seeds)) if seeds else [seed]
 
 
 def _report(summary: Summary, run_dir: Path) -> None:
@@ -217,7 +213,9 @@ def train(
     set_: SetOption = None,
     preset: PresetOption = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the run (sets run.seed).")] = None,
-    seeds: Annotated[str | None, typer.Option(help="Several runs, one per seed: --seeds 0,1,2.")] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="One run per seed: a count (3 means 0,1,2) or a list (0,4).")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cuda, mps or cpu (sets run.device).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its last.pt.")] = False,
     force: Annotated[
@@ -231,12 +229,11 @@ def train(
     ] = False,
 ) -> None:
     """Train a config on CIFAR: one run directory per seed, TensorBoard logs, exact resume."""
-
     with user_errors():
         overrides = list(set_ or []) + ([f"run.device={device}"] if device else [])
         cfgs = [
             config_mod.load(config, overrides + ([f"run.seed={s}"] if s is not None else []), preset)
-            for s in _parse_seeds(seed, seeds)
+            for s in _seeds(seed, seeds)
         ]
         for cfg in cfgs:
             run_dir = run_dir_for(cfg, runs_dir)
@@ -352,9 +349,12 @@ def compare(
         "runs"
     ),
     out: Annotated[Path | None, typer.Option(help="Report folder (default: reports/<names>/).")] = None,
+    analyze: Annotated[
+        bool, typer.Option("--analyze", help="Add Figure 7 (layer responses) and their stats to the report.")
+    ] = False,
 ) -> None:
     """Plain vs residual side by side: train what is missing, reuse what exists, report and judge."""
-    from resbench.compare import load_run, parse_seeds, plan, summarise
+    from resbench.compare import load_run, plan, summarise
     from resbench.report import write_report
     from resbench.sweep import run_all
 
@@ -362,12 +362,17 @@ def compare(
         if jobs < 1:
             raise config_mod.ConfigError(f"--jobs {jobs}: must be at least 1")
         overrides = list(set_ or []) + ([f"run.device={device}"] if device else [])
-        planned = plan(names, parse_seeds(seeds), overrides, preset, runs_dir)
+        planned = plan(names, config_mod.parse_seeds(seeds), overrides, preset, runs_dir)
         todo = [p for p in planned if p.state != "finished"]
         if no_train and todo:
+            why = {
+                "empty": "not trained",
+                "started": "no metrics or checkpoint yet",
+                "unfinished": "unfinished",
+            }
             raise config_mod.ConfigError(
                 "--no-train, but these runs are not finished: "
-                + ", ".join(str(p.run_dir) for p in todo)
+                + ", ".join(f"{p.run_dir} ({why[p.state]})" for p in todo)
                 + ". Run compare without --no-train to train or resume them."
             )
         states = [p.state for p in planned]
@@ -397,7 +402,12 @@ def compare(
             raise ResbenchError("no run finished; nothing to report")
         report = summarise(records)
         out_dir = out or Path("reports") / "_".join(dict.fromkeys(p.cfg.run.name for p in planned))
-        files = write_report(report, out_dir)
+        responses = (
+            _analyze([r.run_dir for r in records], out_dir, records[0].cfg.analysis.images)
+            if analyze
+            else None
+        )
+        files = write_report(report, out_dir, responses)
 
     console.print(_report_table(report))
     colours = {"shown": "green", "not shown": "red", "inconclusive": "yellow"}
@@ -410,9 +420,69 @@ def compare(
         highlight=False,
         soft_wrap=True,
     )
+    if responses is not None:
+        _print_responses(responses)
     console.print(f"overlay: {files.tensorboard_command}", highlight=False, soft_wrap=True, markup=False)
     if failed:
         raise typer.Exit(1)
+
+
+def _analyze(
+    run_dirs: list[Path], out: Path, images: int, per_channel: bool = False, device: str = "auto"
+) -> Any:
+    from resbench.analysis import analyze_run, summarise_analyses
+    from resbench.report import write_analysis
+    from resbench.train import resolve_device
+
+    where = resolve_device(device)
+    analyses = [analyze_run(d, images, per_channel, where) for d in run_dirs]
+    summary = summarise_analyses(analyses)
+    write_analysis(analyses, summary, out)
+    return summary
+
+
+def _print_responses(summary: Any) -> None:
+    table = Table(title="Layer responses: std of each 3x3 layer's output after BN (Figure 7)")
+    for column in ("model", "seeds", "3x3 layers", "mean std", "max std", "median ||F(x)||/||x||"):
+        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
+    for m in summary.models:
+        ratio = "" if m.median_ratio is None else f"{m.median_ratio:.1%}"
+        table.add_row(
+            m.name,
+            str(m.seeds),
+            str(len(m.stds)),
+            f"{sum(m.stds) / len(m.stds):.3f}",
+            f"{max(m.stds):.3f}",
+            ratio,
+        )
+    console.print(table)
+    for finding in summary.findings:
+        console.print(f"  {escape(finding)}", highlight=False)
+
+
+@app.command()
+def analyze(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (runs/NAME/seedK) with a last.pt.")],
+    out: Annotated[Path, typer.Option(help="Where figure7.png/.svg and layers.csv go.")] = Path(
+        "reports/analysis"
+    ),
+    images: Annotated[int, typer.Option(help="Fixed, seeded test images to measure on.")] = 1000,
+    per_channel: Annotated[
+        bool, typer.Option("--per-channel", help="Also take each layer's std per channel, then the mean.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto, cuda, mps or cpu.")] = "auto",
+) -> None:
+    """Layer responses (Figure 7) and how close each residual block is to the identity."""
+    with user_errors():
+        if images < 1:
+            raise config_mod.ConfigError(f"--images {images}: must be at least 1")
+        if device not in ("auto", "cuda", "mps", "cpu"):
+            raise config_mod.ConfigError(f"--device {device!r}: expected auto, cuda, mps or cpu")
+        summary = _analyze(run_dirs, out, images, per_channel, device)
+    _print_responses(summary)
+    console.print(
+        f"\nreport: {out / 'figure7.png'}, {out / 'figure7.svg'}, {out / 'layers.csv'}", highlight=False
+    )
 
 
 data_app = typer.Typer(help="Get CIFAR onto this machine.", no_args_is_help=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from resbench import config
-from resbench.config import ConfigError, ResbenchError, RunConfig
+from resbench.config import ResbenchError, RunConfig
 from resbench.tracking import Summary, check_same_config, read_metrics, read_summary, run_dir_for, run_state
 
 # Table 6 (ResNets, option A) and readings of Figure 6 (plain nets; approximate), test error in %.
@@ -59,19 +59,6 @@ class Planned:
     cfg: RunConfig
     run_dir: Path
     state: str  # as tracking.run_state: finished (reused), unfinished (resumed), empty/started (trained)
-
-
-def parse_seeds(seeds: str) -> list[int]:
-    """`3` means seeds 0, 1, 2; `0,4,7` means those seeds."""
-    try:
-        values = [int(s) for s in seeds.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(f"--seeds {seeds!r}: expected a count (3) or a list (0,1,2)") from None
-    if "," not in seeds and len(values) == 1:
-        if values[0] < 1:
-            raise ConfigError(f"--seeds {seeds!r}: a count must be at least 1")
-        return list(range(values[0]))
-    return values
 
 
 def plan(
@@ -350,10 +337,11 @@ def _notes(rows: list[Row]) -> list[str]:
     iterations = rows[0].iterations
     if iterations < PAPER_ITERATIONS:
         notes.append(
-            f"These runs are {iterations:,} iterations long, {iterations / PAPER_ITERATIONS:.0%} of the paper's "
-            "64k. A short schedule shows the ordering of plain nets (the degradation) and the gap between a "
-            "plain net and its residual twin. It does not reach the paper's errors (the reference column "
-            "is far away), and deeper ResNets need the long schedule to overtake shallower ones."
+            f"These runs are {iterations:,} iterations long, "
+            f"{iterations / PAPER_ITERATIONS:.1%} of the paper's 64k. A short schedule shows the ordering "
+            "of plain nets (the degradation) and the gap between a plain net and its residual twin. It "
+            "does not reach the paper's errors (the reference column is far away), and deeper ResNets "
+            "need the long schedule to overtake shallower ones."
         )
     if any(r.train_error.n == 1 for r in rows):
         notes.append(

@@ -229,6 +229,28 @@ class RunSettings(_Section):
         return value
 
 
+class AnalysisConfig(_Section):
+    """Layer responses (§4.2, Figure 7) and gradient norms; they only read the model."""
+
+    every: int = 0  # iterations between response and gradient-norm logs to TensorBoard; 0: off
+    images: int = 1000  # fixed, seeded test images the responses are measured on
+    per_channel: bool = False  # also take each layer's std per channel, then the mean
+
+    @field_validator("every")
+    @classmethod
+    def _non_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"must be 0 or more, got {value}")
+        return value
+
+    @field_validator("images")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"must be at least 1, got {value}")
+        return value
+
+
 class RunConfig(_Section):
     """One experiment: everything that decides a run, resolved and frozen."""
 
@@ -237,6 +259,7 @@ class RunConfig(_Section):
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     run: RunSettings = RunSettings()
+    analysis: AnalysisConfig = AnalysisConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -245,10 +268,11 @@ class RunConfig(_Section):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def digest(self, exclude_run: bool = False) -> str:
-        """A short hash of the resolved config; `exclude_run` leaves out the `run` section."""
+        """A short hash of the resolved config; `exclude_run` keeps only what decides the numbers."""
         d = self.to_dict()
         if exclude_run:
             d.pop("run")
+            d.pop("analysis")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -261,6 +285,19 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
     return out
+
+
+def parse_seeds(seeds: str) -> list[int]:
+    """`3` means seeds 0, 1, 2; `0,4,7` means those seeds."""
+    try:
+        values = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {seeds!r}: expected a count (3) or a list (0,1,2)") from None
+    if "," not in seeds and len(values) == 1:
+        if values[0] < 1:
+            raise ConfigError(f"--seeds {seeds!r}: a count must be at least 1")
+        return list(range(values[0]))
+    return values
 
 
 # --------------------------------------------------------------------------------------------

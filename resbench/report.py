@@ -1,6 +1,7 @@
-"""A compare report on disk: Figure 6 (PNG and SVG), summary.md and summary.csv.
+"""Reports on disk: Figure 6 with summary.md and summary.csv (compare), Figure 7 with layers.csv (analyze).
 
-    write_report(report, out_dir) -> ReportFiles
+    write_report(report, out_dir)               -> ReportFiles
+    write_analysis(analyses, summary, out_dir)  -> AnalysisFiles
 
 Figure 6 follows the paper's layout: one panel for the plain nets and one for the ResNets, error
 (%) against iterations, dashed lines for training error and bold lines for test error, one colour
@@ -21,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from resbench.analysis import AnalysisReport, RunAnalysis
 from resbench.compare import Report
 from resbench.files import atomic_open, atomic_write
 
@@ -45,12 +47,15 @@ def figure6(report: Report) -> Figure:
     depths = sorted({c.depth for c in report.curves})
     colours = {d: plt.get_cmap("tab10")(i % 10) for i, d in enumerate(depths)}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True, layout="constrained")
-    for ax, residual, title in ((axes[0], False, "plain"), (axes[1], True, "ResNet")):
+    for ax, residual, title, panel in (
+        (axes[0], False, "plain", "plain nets"),
+        (axes[1], True, "ResNet", "ResNets"),
+    ):
         for c in (c for c in report.curves if c.residual == residual):
             colour = colours[c.depth]
-            label = f"{title}-{c.depth}" + (
-                f" ({c.name})" if c.name not in (f"plain{c.depth}", f"resnet{c.depth}") else ""
-            )
+            label = f"{title}-{c.depth}"
+            if c.name.split("-")[0] not in (f"plain{c.depth}", f"resnet{c.depth}"):  # "-quick": a preset
+                label += f" ({c.name})"
             ax.plot(c.train_iterations, c.train_mean, "--", color=colour, linewidth=1, label=f"{label} train")
             ax.plot(c.test_iterations, c.test_mean, "-", color=colour, linewidth=2.2, label=f"{label} test")
             if c.n > 1:
@@ -70,9 +75,7 @@ def figure6(report: Report) -> Figure:
                     alpha=0.2,
                     linewidth=0,
                 )
-        ax.set_title(
-            f"{title} nets" if any(c.residual == residual for c in report.curves) else f"{title}: no runs"
-        )
+        ax.set_title(panel if any(c.residual == residual for c in report.curves) else f"{panel}: no runs")
         ax.set_xlabel("iter.")
         ax.grid(alpha=0.3)
         if ax.lines:
@@ -154,19 +157,31 @@ def summary_markdown(report: Report, tb_command: str) -> str:
         )
     lines += ["", "## Configs", ""]
     for name in dict.fromkeys(r.cfg.run.name for r in report.records):
-        cfg = next(r.cfg for r in report.records if r.cfg.run.name == name)
-        lines += [
-            f"### {name} (seeds {', '.join(str(r.cfg.run.seed) for r in report.records if r.cfg.run.name == name)})",
-            "",
-            "```yaml",
-            cfg.to_yaml().rstrip(),
-            "```",
-            "",
-        ]
+        group = [r for r in report.records if r.cfg.run.name == name]
+        seeds = ", ".join(str(r.cfg.run.seed) for r in group)
+        lines += [f"### {name} (seeds {seeds})", "", "```yaml", group[0].cfg.to_yaml().rstrip(), "```", ""]
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: Report, out_dir: Path) -> ReportFiles:
+def analysis_markdown(summary: AnalysisReport) -> str:
+    lines = [
+        "## Layer responses (Figure 7)",
+        "",
+        "![Figure 7](figure7.png)",
+        "",
+        "| model | seeds | 3x3 layers | mean std | max std | median block ‖F(x)‖/‖x‖ |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in summary.models:
+        ratio = "" if m.median_ratio is None else f"{m.median_ratio:.1%}"
+        lines.append(
+            f"| {m.name} | {m.seeds} | {len(m.stds)} | {sum(m.stds) / len(m.stds):.3f} | "
+            f"{max(m.stds):.3f} | {ratio} |"
+        )
+    return "\n".join([*lines, "", *(f"- {f}" for f in summary.findings), ""])
+
+
+def write_report(report: Report, out_dir: Path, analysis: AnalysisReport | None = None) -> ReportFiles:
     out_dir.mkdir(parents=True, exist_ok=True)
     tb = tensorboard_command(report)
     files = ReportFiles(
@@ -188,5 +203,68 @@ def write_report(report: Report, out_dir: Path) -> ReportFiles:
     writer.writeheader()
     writer.writerows(table)
     atomic_write(files.summary_csv, buffer.getvalue())
-    atomic_write(files.summary_md, summary_markdown(report, tb))
+    markdown = summary_markdown(report, tb)
+    if analysis is not None:
+        markdown += "\n" + analysis_markdown(analysis)
+    atomic_write(files.summary_md, markdown)
+    return files
+
+
+# --------------------------------------------------------------------------------------------
+# Figure 7
+
+
+@dataclass(frozen=True)
+class AnalysisFiles:
+    figure_png: Path
+    figure_svg: Path
+    layers_csv: Path
+
+
+def figure7(summary: AnalysisReport) -> Figure:
+    """The paper's layout: response std by layer index (top) and sorted in descending order (bottom);
+    one line per model, seeds averaged. Plain nets dashed, ResNets solid."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharey=True, layout="constrained")
+    for i, m in enumerate(summary.models):
+        style = dict(
+            color=plt.get_cmap("tab10")(i % 10),
+            linestyle="-" if m.residual else "--",
+            linewidth=1.5,
+            label=f"{'ResNet' if m.residual else 'plain'}-{m.depth}"
+            + (f" ({m.seeds} seeds)" if m.seeds > 1 else ""),
+        )
+        layers = range(1, len(m.stds) + 1)
+        top.plot(layers, m.stds, **style)
+        bottom.plot(layers, sorted(m.stds, reverse=True), **style)
+    top.set_xlabel("layer index (original)")
+    bottom.set_xlabel("layer index (sorted by magnitude)")
+    for ax in (top, bottom):
+        ax.set_ylabel("std")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(
+        "Standard deviation of each 3x3 layer's response (after BN, before ReLU or addition)", fontsize=10
+    )
+    return fig
+
+
+def write_analysis(analyses: list[RunAnalysis], summary: AnalysisReport, out_dir: Path) -> AnalysisFiles:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = AnalysisFiles(out_dir / "figure7.png", out_dir / "figure7.svg", out_dir / "layers.csv")
+    fig = figure7(summary)
+    for path, fmt in ((files.figure_png, "png"), (files.figure_svg, "svg")):
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, format=fmt, dpi=150)
+    plt.close(fig)
+    per_channel = any(r.std_per_channel is not None for a in analyses for r in a.responses)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(
+        ["run", "layer_index", "layer_name", "std", *(["std_per_channel"] if per_channel else [])]
+    )
+    for a in analyses:
+        for r in a.responses:
+            extra = [f"{r.std_per_channel:.6g}"] if per_channel else []
+            writer.writerow([str(a.run_dir), r.index, r.name, f"{r.std:.6g}", *extra])
+    atomic_write(files.layers_csv, buffer.getvalue())
     return files

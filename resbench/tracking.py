@@ -33,7 +33,7 @@ import torch
 
 import resbench
 from resbench.checkpoint import CHECKPOINT, changed_keys
-from resbench.config import ConfigError, ResbenchError, RunConfig, flatten, load
+from resbench.config import ConfigError, ResbenchError, RunConfig, flatten, load, validate
 from resbench.files import atomic_write
 
 METRICS = "metrics.jsonl"
@@ -148,9 +148,9 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, force: bool) ->
 
 def check_same_config(run_dir: Path, cfg: RunConfig, saved: dict[str, Any] | None = None) -> None:
     """Refuse to continue or reuse a run trained with another config; name the keys that differ."""
-    if saved is None:
-        saved = load(run_dir / "config.yaml").to_dict()
-    if changed := changed_keys(saved, cfg.to_dict()):
+    # Through today's schema: keys added since the run was made take their defaults.
+    saved_cfg = load(run_dir / "config.yaml") if saved is None else validate(saved, str(run_dir))
+    if changed := changed_keys(saved_cfg.to_dict(), cfg.to_dict()):
         raise ConfigError(
             f"{run_dir} was trained with another config: it differs in {', '.join(changed)}. "
             "Restore those values, or start the run again with --force."
@@ -243,6 +243,9 @@ class Tracker:
     def log(self, iteration: int, metrics: Mapping[str, float]) -> None:
         """Scalars at a log or eval point; keys are TensorBoard tags (error/train, loss/test, lr, ...)."""
 
+    def histograms(self, iteration: int, values: Mapping[str, Any]) -> None:
+        """Per-layer vectors (tensors) at an analysis point, e.g. analysis/responses."""
+
     def finish(self, summary: Summary) -> None:
         pass
 
@@ -271,6 +274,10 @@ class Trackers(Tracker):
     def log(self, iteration: int, metrics: Mapping[str, float]) -> None:
         for t in self.trackers:
             t.log(iteration, metrics)
+
+    def histograms(self, iteration: int, values: Mapping[str, Any]) -> None:
+        for t in self.trackers:
+            t.histograms(iteration, values)
 
     def finish(self, summary: Summary) -> None:
         for t in self.trackers:
@@ -320,6 +327,10 @@ class RunFiles(Tracker):
         self.metrics.write(json.dumps({"iteration": iteration, **metrics}) + "\n")
         if any(tag.startswith(("error/test", "error/val")) for tag in metrics):  # flush at every eval
             self.flush()
+
+    def histograms(self, iteration: int, values: Mapping[str, Any]) -> None:
+        for tag, value in values.items():
+            self.writer.add_histogram(tag, value, iteration)
 
     def flush(self) -> None:
         self.writer.flush()

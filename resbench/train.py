@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resbench import checkpoint
+from resbench.analysis import TrainingProbe, fixed_test_images
 from resbench.config import ConfigError, OptimConfig, ResbenchError, RunConfig, ScheduleConfig
 from resbench.data import Batches, Data, Split, build_data
 from resbench.models import build_model, count_macs, count_params
@@ -273,6 +274,7 @@ def _train(cfg: RunConfig, run_dir: Path, tracker: Tracker, resuming: bool) -> S
     batches = Batches(
         data, cfg.optim.batch_size, cfg.run.seed, cfg.data.augment, cfg.data.pad, channels_last=True
     )
+    probe = TrainingProbe(model, fixed_test_images(data, cfg.analysis.images)) if cfg.analysis.every else None
     eval_every = cfg.run.eval_every or batches.steps_per_epoch  # default: once per epoch
     log_every = cfg.run.log_every or eval_every
     window_loss = torch.zeros((), device=device)
@@ -337,8 +339,9 @@ def _train(cfg: RunConfig, run_dir: Path, tracker: Tracker, resuming: bool) -> S
 
             last = it == cfg.schedule.iterations
             log_now, eval_now = it % log_every == 0 or last, it % eval_every == 0 or last
+            probe_now = probe is not None and (it % cfg.analysis.every == 0 or last)
             save_now = last or bool(stop) or (cfg.run.checkpoint_every and it % cfg.run.checkpoint_every == 0)
-            if not (log_now or eval_now or save_now):
+            if not (log_now or eval_now or save_now or probe_now):
                 continue
 
             # Side effects below this line; the only host syncs of the loop happen here.
@@ -366,6 +369,10 @@ def _train(cfg: RunConfig, run_dir: Path, tracker: Tracker, resuming: bool) -> S
                 window_loss.zero_()
                 window_wrong.zero_()
                 window_steps, window_time = 0, 0.0
+            if probe_now:  # right after the step, while the gradients are this step's
+                scalars, vectors = probe()
+                tracker.log(it, {f"analysis/{k}": v for k, v in scalars.items()})
+                tracker.histograms(it, {f"analysis/{k}": v for k, v in vectors.items()})
             if eval_now:
                 evals = {"test": data.test, **({"val": data.val} if data.val is not None else {})}
                 for split_name, split in evals.items():

@@ -18,4 +18,4 @@ def cli():
 
 
 # tiny CIFAR data for any test, and the real copy (prepared once per session, skipped where absent)
-from data_fixtures import real_cifar10_prepared, real_cifar10_root, tiny, tiny_cifar10_root  # noqa: E402, F401
+from data_fixtures import learnable_root, real_cifar10_prepared, real_cifar10_root, tiny, tiny_cifar10_root  # noqa: E402, F401

@@ -145,3 +145,19 @@ def real_cifar10_prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
 def real_cifar10_root(real_cifar10_prepared: tuple[Path, str, float]) -> Path:
     """A data root holding the real CIFAR-10 (JPEG copy) cache: `DataConfig(root=str(it))`."""
     return real_cifar10_prepared[0]
+
+
+@pytest.fixture(scope="session")
+def learnable_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """10 classes told apart by colour, 16 training and 4 test images each: a tiny net learns them."""
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 256, (10, 3, 1, 1))
+
+    def split(per_class: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.repeat(np.arange(10), per_class)
+        x = np.clip(colours[y] + rng.normal(0, 30, (len(y), 3, 32, 32)), 0, 255).astype(np.uint8)
+        return x, y
+
+    root = tmp_path_factory.mktemp("data")
+    write_pickles(root, Tiny(*split(16), *split(4)))
+    return root

@@ -9,10 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from data_fixtures import Tiny, write_pickles
 
 from resbench import checkpoint, config
 from resbench.config import ConfigError
@@ -27,22 +25,6 @@ SCHEDULE = [
     "run.eval_every=10",
     "run.checkpoint_every=20",
 ]
-
-
-@pytest.fixture(scope="module")
-def learnable_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """10 classes told apart by colour, 16 training and 4 test images each: a tiny net learns them."""
-    rng = np.random.default_rng(0)
-    colours = rng.integers(0, 256, (10, 3, 1, 1))
-
-    def split(per_class: int) -> tuple[np.ndarray, np.ndarray]:
-        y = np.repeat(np.arange(10), per_class)
-        x = np.clip(colours[y] + rng.normal(0, 30, (len(y), 3, 32, 32)), 0, 255).astype(np.uint8)
-        return x, y
-
-    root = tmp_path_factory.mktemp("data")
-    write_pickles(root, Tiny(*split(16), *split(4)))
-    return root
 
 
 def load(root: Path, *extra: str, name: str = "resnet20") -> config.RunConfig:

@@ -1,0 +1,245 @@
+"""analysis.py and Figure 7: hook-based responses against direct computation, layer selection,
+block ratios, the figure, training-time logging, and `resbench analyze`."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_compare import fake_run
+
+from resbench import config
+from resbench.analysis import (
+    LayerResponse,
+    ModelResponses,
+    RunAnalysis,
+    analyze_run,
+    block_ratios,
+    layer_responses,
+    response_layers,
+    summarise_analyses,
+)
+from resbench.models import build_model
+from resbench.report import figure7, write_analysis
+from resbench.train import train
+
+
+def net(depth: int = 8, residual: bool = True, block: str = "basic", width: int = 4) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build_model(config.ModelConfig(depth=depth, residual=residual, block=block, width=width))
+    for m in model.modules():  # non-trivial BN statistics, so eval mode is not the identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def test_hook_std_equals_a_direct_forward() -> None:
+    """Depth 8 = stem + one basic block per stage: compute every BN output by hand."""
+    model = net(8)
+    x = torch.randn(16, 3, 32, 32)
+    direct = []
+    with torch.no_grad():
+        h = F.relu(model.bn1(model.conv1(x)))
+        for stage in (model.stage1, model.stage2, model.stage3):
+            block = stage[0]
+            a = block.bn1(block.conv1(h))
+            b = block.bn2(block.conv2(F.relu(a)))
+            direct += [a, b]
+            h = F.relu(b + block.shortcut(h))
+    responses = layer_responses(model, x, per_channel=True, batch_size=5)  # batches of 5: concatenation too
+    assert [r.std for r in responses] == pytest.approx([t.std().item() for t in direct], rel=1e-5)
+    per_channel = [t.transpose(0, 1).flatten(1).std(dim=1).mean().item() for t in direct]
+    assert [r.std_per_channel for r in responses] == pytest.approx(per_channel, rel=1e-5)
+    assert layer_responses(model, x)[0].std_per_channel is None
+
+
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("depth", [8, 20, 56])
+def test_only_3x3_layers_in_network_order(depth: int, residual: bool) -> None:
+    model = net(depth, residual)
+    names = [name for name, _, _ in response_layers(model)]
+    assert len(names) == depth - 2
+    n = (depth - 2) // 6
+    expected = [f"stage{s}.{b}.bn{i}" for s in (1, 2, 3) for b in range(n) for i in (1, 2)]
+    assert names == expected
+    assert all(conv.kernel_size == (3, 3) for _, conv, _ in response_layers(model))
+
+
+def test_bottleneck_nets_have_one_3x3_layer_per_block() -> None:
+    layers = response_layers(net(29, block="bottleneck"))  # n = 3
+    assert [name for name, _, _ in layers][:2] == ["stage1.0.bn2", "stage1.1.bn2"] and len(layers) == 9
+
+
+def test_a_zeroed_residual_branch_has_ratio_zero() -> None:
+    model = net(20)
+    zeroed = model.stage2[1]
+    torch.nn.init.zeros_(zeroed.bn2.weight)
+    torch.nn.init.zeros_(zeroed.bn2.bias)
+    ratios = {r.name: r.ratio for r in block_ratios(model, torch.randn(8, 3, 32, 32), batch_size=3)}
+    assert len(ratios) == 9 and ratios["stage2.1"] == 0.0
+    assert all(v > 0 for k, v in ratios.items() if k != "stage2.1")
+    assert block_ratios(net(20, residual=False), torch.randn(2, 3, 32, 32)) == []
+
+
+def test_seeds_are_averaged_and_findings_compare_twins() -> None:
+    def run(
+        name: str, depth: int, residual: bool, stds: list[float], ratio: float | None = None
+    ) -> RunAnalysis:
+        from resbench.analysis import BlockRatio
+
+        return RunAnalysis(
+            Path(name),
+            name,
+            depth,
+            residual,
+            [LayerResponse(i + 1, f"l{i}", s) for i, s in enumerate(stds)],
+            [BlockRatio("b", ratio)] if ratio is not None else [],
+        )
+
+    summary = summarise_analyses(
+        [
+            run("plain20", 20, False, [3.0, 3.0]),
+            run("resnet20", 20, True, [1.0, 2.0], 0.1),
+            run("resnet20", 20, True, [1.0, 0.0], 0.3),
+        ]
+    )
+    plain, resnet = summary.models
+    assert resnet.seeds == 2 and resnet.stds == [1.0, 1.0] and resnet.median_ratio == pytest.approx(0.2)
+    assert plain.median_ratio is None
+    assert "resnet20: the median block changes its input by 20%" in summary.findings[0]
+    assert "plain20 layers have 3.0x the responses of resnet20" in summary.findings[1]
+
+
+def test_figure7_layout() -> None:
+    from resbench.analysis import AnalysisReport
+
+    models = [
+        ModelResponses("plain20", 20, False, 1, [3.0, 1.0, 2.0], None),
+        ModelResponses("resnet20", 20, True, 2, [1.0, 0.5, 0.8], 0.1),
+    ]
+    fig = figure7(AnalysisReport(models, []))
+    top, bottom = fig.axes
+    assert len(top.lines) == len(bottom.lines) == 2
+    assert list(top.lines[0].get_ydata()) == [3.0, 1.0, 2.0]
+    assert list(bottom.lines[0].get_ydata()) == [3.0, 2.0, 1.0]  # sorted, descending
+    assert top.lines[0].get_linestyle() == "--" and top.lines[1].get_linestyle() == "-"
+    assert top.lines[1].get_label() == "ResNet-20 (2 seeds)"
+    assert "original" in top.get_xlabel() and "sorted" in bottom.get_xlabel()
+
+
+@pytest.fixture(scope="module")
+def trained(learnable_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    runs = tmp_path_factory.mktemp("runs")
+    for name in ("plain20", "resnet20"):
+        cfg = config.load(
+            name,
+            [
+                "model.width=4",
+                "optim.batch_size=16",
+                "schedule.iterations=20",
+                "schedule.milestones=[]",
+                "run.log_every=5",
+                "run.eval_every=10",
+                f"data.root={learnable_root}",
+                "analysis.every=10",
+                "analysis.images=32",
+            ],
+        )
+        train(cfg, runs / name / "seed0")
+    return runs
+
+
+def test_analyze_a_trained_run_and_write_the_files(trained: Path, tmp_path: Path) -> None:
+    analyses = [
+        analyze_run(trained / n / "seed0", images=40, per_channel=True) for n in ("plain20", "resnet20")
+    ]
+    assert [len(a.responses) for a in analyses] == [18, 18] and len(analyses[1].ratios) == 9
+    files = write_analysis(analyses, summarise_analyses(analyses), tmp_path)
+    rows = list(csv.DictReader(files.layers_csv.open()))
+    assert len(rows) == 36 and set(rows[0]) == {"run", "layer_index", "layer_name", "std", "std_per_channel"}
+    assert rows[0]["layer_name"] == "stage1.0.bn1" and float(rows[0]["std"]) > 0
+    assert files.figure_png.stat().st_size > 10_000
+
+
+def test_training_logs_responses_and_gradient_norms(trained: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained / "resnet20" / "seed0"))
+    events.Reload()
+    assert {"analysis/responses", "analysis/grad_norm"} <= set(events.Tags()["histograms"])
+    for scalar in ("responses", "grad_norm"):
+        for where in ("first", "middle", "last"):
+            assert [e.step for e in events.Scalars(f"analysis/{scalar}/{where}")] == [10, 20]
+    assert all(e.value > 0 for e in events.Scalars("analysis/grad_norm/last"))
+
+
+def test_the_probe_keeps_resume_exact(learnable_root: Path, tmp_path: Path) -> None:
+    from test_train import InterruptAt
+
+    from resbench import checkpoint
+    from resbench.train import Interrupted
+
+    cfg = config.load(
+        "resnet20",
+        [
+            "model.depth=8",
+            "model.width=4",
+            "optim.batch_size=16",
+            "schedule.iterations=20",
+            "schedule.milestones=[]",
+            f"data.root={learnable_root}",
+            "analysis.every=4",
+            "analysis.images=16",
+            "run.log_every=5",
+        ],
+    )
+    train(cfg, tmp_path / "a")
+    with pytest.raises(Interrupted):
+        train(cfg, tmp_path / "b", InterruptAt(7))
+    train(cfg, tmp_path / "b", resume=True)
+    a = checkpoint.load(tmp_path / "a" / "last.pt")["model"]
+    b = checkpoint.load(tmp_path / "b" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_analyze(cli, trained: Path, tmp_path: Path) -> None:
+    result = cli(
+        "analyze",
+        trained / "plain20" / "seed0",
+        trained / "resnet20" / "seed0",
+        "--images",
+        "20",
+        "--out",
+        tmp_path,
+        "--device",
+        "cpu",
+    )
+    assert result.exit_code == 0, result.output
+    assert "median block changes its input" in result.stdout and (tmp_path / "figure7.svg").is_file()
+    missing = cli("analyze", tmp_path / "nope")
+    assert (
+        missing.exit_code == 1
+        and "not a run directory" in missing.stderr
+        and "Traceback" not in missing.output
+    )
+    fake = fake_run(tmp_path / "runs", "plain20", 0, 6, 9)  # metrics but no checkpoint
+    no_ckpt = cli("analyze", fake)
+    assert no_ckpt.exit_code == 1 and "no last.pt" in no_ckpt.stderr
+
+
+def test_compare_analyze_adds_figure7(cli, trained: Path, tmp_path: Path) -> None:
+    result = cli(
+        "compare",
+        trained / "plain20" / "seed0",
+        trained / "resnet20" / "seed0",
+        "--no-train",
+        "--analyze",
+        "--out",
+        tmp_path,
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "figure7.png").is_file() and (tmp_path / "figure6.png").is_file()
+    md = (tmp_path / "summary.md").read_text()
+    assert "## Layer responses (Figure 7)" in md and "| resnet20 | 1 | 18 |" in md
