@@ -23,6 +23,7 @@ from rich.table import Table
 
 from resbench import config as config_mod
 from resbench.config import ResbenchError, RunConfig
+from resbench.distributed import from_env
 from resbench.models import describe
 from resbench.tracking import Summary, Tracker, run_dir_for
 from resbench.train import Interrupted
@@ -54,6 +55,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except ResbenchError as err:
+        if not from_env().main:  # under torchrun, rank 0 speaks for all
+            raise typer.Exit(err.exit_code) from None
         style = "yellow" if err.exit_code == 130 else "red"
         err_console.print(
             f"[bold {style}]{err.label}:[/] {escape(str(err))}", highlight=False, soft_wrap=True
@@ -237,9 +240,12 @@ def train(
         ]
         for cfg in cfgs:
             run_dir = run_dir_for(cfg, runs_dir)
-            tracker = Tracker() if quiet else ConsoleTracker(console)
-            summary = train_run(cfg, run_dir, tracker, resume=resume, force=force)
-            _report(summary, run_dir)
+            speak = not quiet and from_env().main  # under torchrun, rank 0 alone prints
+            summary = train_run(
+                cfg, run_dir, ConsoleTracker(console) if speak else Tracker(), resume=resume, force=force
+            )
+            if speak:
+                _report(summary, run_dir)
 
 
 class SweepProgress:

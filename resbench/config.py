@@ -210,6 +210,7 @@ class RunSettings(_Section):
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # auto: cuda, then mps, then cpu
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the hardware runs it natively
     compile: bool = False  # torch.compile the model (helps on CUDA; slower on small CPUs)
+    sync_bn: bool = False  # under torchrun: BN statistics over all GPUs; off as in the paper (per device)
     eval_every: int = 0  # iterations between evaluations; 0: once per epoch
     checkpoint_every: int = 1000  # iterations between checkpoints (and at the end)
     log_every: int = 100  # iterations per running train error/loss point

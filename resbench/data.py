@@ -533,11 +533,15 @@ class Batches:
         augment: bool = True,
         pad: int = 4,
         channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         n = len(data.train)
         if not 0 < batch_size <= n:
             raise DataError(f"batch size {batch_size} does not fit a training set of {n} images")
         self.data, self.batch_size, self.augment, self.pad = data, batch_size, augment, pad
+        # Under DDP every rank draws the same global batch and keeps its slice of it.
+        self.local = slice(rank * batch_size // world_size, (rank + 1) * batch_size // world_size)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.steps_per_epoch = n // batch_size
         device = data.train.images.device
@@ -553,7 +557,7 @@ class Batches:
         if self.pos + self.batch_size > n:  # a new epoch; the partial batch left over is dropped
             self.perm = torch.randperm(n, generator=self.generator, device=self.perm.device)
             self.pos, self.epoch = 0, self.epoch + 1
-        index = self.perm[self.pos : self.pos + self.batch_size]
+        index = self.perm[self.pos : self.pos + self.batch_size][self.local]
         self.pos += self.batch_size
         images = self.data.normalize(self.data.train.images[index])
         if self.augment:
@@ -563,12 +567,13 @@ class Batches:
     def _crop_and_flip(self, x: torch.Tensor) -> torch.Tensor:
         """One gather: each image's own crop offset, and reversed columns where it is flipped."""
         b, _, h, w = x.shape
-        p, g, device = self.pad, self.generator, x.device
+        p, g, device, n = self.pad, self.generator, x.device, self.batch_size
         # Zeros after normalization: the padding is the mean image (pixel_mean) or colour (channel).
         padded = F.pad(x, (p, p, p, p))
-        dy = torch.randint(0, 2 * p + 1, (b, 1), generator=g, device=device)
-        dx = torch.randint(0, 2 * p + 1, (b, 1), generator=g, device=device)
-        flip = torch.rand((b, 1), generator=g, device=device) < 0.5
+        # Drawn for the whole global batch, then sliced: the same draws whatever the world size.
+        dy = torch.randint(0, 2 * p + 1, (n, 1), generator=g, device=device)[self.local]
+        dx = torch.randint(0, 2 * p + 1, (n, 1), generator=g, device=device)[self.local]
+        flip = (torch.rand((n, 1), generator=g, device=device) < 0.5)[self.local]
         i, j = torch.arange(h, device=device), torch.arange(w, device=device)
         rows = dy + i  # (b, h)
         cols = dx + torch.where(flip, w - 1 - j, j)  # (b, w): a flip reads the columns right to left

@@ -64,6 +64,7 @@ class Summary:
     images_per_sec: float  # training throughput over the whole run
     device: str
     precision: str
+    test_samples: int = 0  # test images the final evaluation counted (each exactly once, also under DDP)
 
 
 def run_dir_for(cfg: RunConfig, runs_dir: Path) -> Path:

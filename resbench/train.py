@@ -21,11 +21,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
-from resbench import checkpoint
+from resbench import checkpoint, distributed
 from resbench.analysis import TrainingProbe, fixed_test_images
 from resbench.config import ConfigError, OptimConfig, ResbenchError, RunConfig, ScheduleConfig
 from resbench.data import Batches, Data, Split, build_data
+from resbench.distributed import Dist
 from resbench.models import build_model, count_macs, count_params
 from resbench.tracking import (
     RunFiles,
@@ -58,11 +60,15 @@ class Diverged(ResbenchError):
 # Device and precision
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu. Asking for a device that is not there is an error."""
+def resolve_device(name: str, d: Dist = distributed.SINGLE) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu. Asking for a device that is not there is an error.
+    Under torchrun, each rank takes the GPU of its LOCAL_RANK."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     if name == "auto":
-        return torch.device(next(d for d in ("cuda", "mps", "cpu") if available[d]))
+        name = next(n for n in ("cuda", "mps", "cpu") if available[n])
+    if name == "cuda" and available["cuda"] and d.enabled:
+        torch.cuda.set_device(d.local_rank)
+        return torch.device("cuda", d.local_rank)
     if not available[name]:
         raise ConfigError(
             f"run.device is {name!r} but this machine has no {name.upper()} device "
@@ -171,25 +177,31 @@ def evaluate(
     data: Data,
     split: Split,
     amp: contextlib.AbstractContextManager[Any],
+    d: Dist = distributed.SINGLE,
     batch_size: int = 1000,
-    channels_last: bool = True,
-) -> tuple[float, float]:
-    """Mean loss and error (%) of the model in eval mode over a whole split, one view per image."""
+) -> tuple[float, float, int]:
+    """Mean loss, error (%) and image count of the model in eval mode over a whole split, one view
+    per image. Under DDP each rank takes a contiguous shard: every image counts exactly once."""
     model.eval()
-    loss_sum = torch.zeros((), device=split.labels.device)
-    wrong = torch.zeros((), dtype=torch.long, device=split.labels.device)
-    for start in range(0, len(split.labels), batch_size):
-        images = data.normalize(split.images[start : start + batch_size])
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        labels = split.labels[start : start + batch_size]
+    device = split.labels.device
+    loss_sum = torch.zeros((), device=device)
+    wrong = torch.zeros((), dtype=torch.long, device=device)
+    mine = distributed.shard(len(split), d)
+    images_all, labels_all = split.images[mine], split.labels[mine]
+    for start in range(0, len(labels_all), batch_size):
+        images = data.normalize(images_all[start : start + batch_size]).contiguous(
+            memory_format=torch.channels_last
+        )
+        labels = labels_all[start : start + batch_size]
         with amp:
             logits = model(images)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
         wrong += (logits.argmax(dim=1) != labels).sum()
+    count = torch.tensor(len(labels_all), device=device)
+    distributed.all_sum(loss_sum, wrong, count)
     model.train()
-    n = len(split.labels)
-    return loss_sum.item() / n, 100.0 * wrong.item() / n
+    n = int(count.item())
+    return loss_sum.item() / n, 100.0 * wrong.item() / n, n
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,6 +238,9 @@ def resume_command(run_dir: Path) -> str:
     return f"resbench train --config {run_dir / 'config.yaml'}{where} --resume"
 
 
+FRESH, RESUME, FINISHED, REFUSED = 0, 1, 2, 3
+
+
 def train(
     cfg: RunConfig,
     run_dir: Path,
@@ -238,27 +253,55 @@ def train(
 
     With `resume`, a finished run with the same config is returned as it is. The run's files are
     always written; `tracker` receives the same events (e.g. for a console). `wait` waits for a run
-    directory that another process holds, instead of refusing it.
+    directory that another process holds, instead of refusing it. Under torchrun, rank 0 alone
+    opens the run directory and writes to it; the other ranks train in step and stay quiet.
     """
-    tracker = Trackers([RunFiles(run_dir), tracker or Tracker()])
-    lock = RunLock(run_dir, wait=wait)
+    d = distributed.from_env()
+    device = resolve_device(cfg.run.device, d)
+    created = distributed.setup(d, device)
+    lock, error, status = None, None, FRESH
+    tracker = Trackers([RunFiles(run_dir), tracker or Tracker()]) if d.main else Tracker()
     try:
-        if resume and (run_dir / "summary.json").exists() and not force:
-            check_same_config(run_dir, cfg)
-            return read_summary(run_dir)  # finished already: nothing left to do
-        resuming = prepare_run_dir(run_dir, cfg, resume, force)
-        return _train(cfg, run_dir, tracker, resuming)
+        if d.main:
+            try:
+                lock = RunLock(run_dir, wait=wait)
+                if resume and (run_dir / "summary.json").exists() and not force:
+                    check_same_config(run_dir, cfg)
+                    status = FINISHED  # nothing left to do
+                else:
+                    status = RESUME if prepare_run_dir(run_dir, cfg, resume, force) else FRESH
+            except ResbenchError as err:
+                error, status = err, REFUSED
+        status = distributed.broadcast_int(status, device)  # every rank follows rank 0's decision
+        if error is not None:
+            raise error
+        if status == REFUSED:
+            raise ResbenchError(f"rank 0 refused {run_dir}; its message says why")
+        if status == FINISHED:
+            return read_summary(run_dir)
+        return _train(cfg, run_dir, tracker, status == RESUME, d, device)
     finally:
         tracker.close()
-        lock.release()
+        if lock is not None:
+            lock.release()
+        if created:
+            distributed.teardown()
 
 
-def _train(cfg: RunConfig, run_dir: Path, tracker: Tracker, resuming: bool) -> Summary:
+def _train(
+    cfg: RunConfig, run_dir: Path, tracker: Tracker, resuming: bool, d: Dist, device: torch.device
+) -> Summary:
     saved = checkpoint.load(run_dir / checkpoint.CHECKPOINT) if resuming else None
     if saved is not None:
         check_same_config(run_dir, cfg, saved["config"])
+    if cfg.optim.batch_size % d.world_size:
+        raise ConfigError(
+            f"optim.batch_size {cfg.optim.batch_size} is the global batch and must divide by the "
+            f"{d.world_size} processes of torchrun; each takes batch_size / world_size"
+        )
+    if cfg.run.sync_bn and d.enabled and device.type != "cuda":
+        raise ConfigError("run.sync_bn needs CUDA devices; leave it off on CPU (BN statistics per process)")
 
-    device = resolve_device(cfg.run.device)
     precision = resolve_precision(cfg.run.precision, device)
     amp = autocast(device, precision)
     if device.type == "cuda":
@@ -268,13 +311,32 @@ def _train(cfg: RunConfig, run_dir: Path, tracker: Tracker, resuming: bool) -> S
     data = build_data(cfg.data, device)
     model = build_model(cfg.model).to(device, memory_format=torch.channels_last)  # NHWC convs are faster
     params, macs = count_params(model), count_macs(model)
-    forward = torch.compile(model) if cfg.run.compile else model
+    if cfg.run.sync_bn and d.enabled:  # off by default: the paper's BN statistics are per device
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    forward = (
+        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if d.enabled
+        else model
+    )
+    forward = torch.compile(forward) if cfg.run.compile else forward
+    evaluated = model if d.enabled else forward  # no DDP collectives in evaluation: shards may differ in size
     optimizer = build_optimizer(model, cfg.optim)
     schedule = LrSchedule(cfg.optim.lr, cfg.schedule)
     batches = Batches(
-        data, cfg.optim.batch_size, cfg.run.seed, cfg.data.augment, cfg.data.pad, channels_last=True
+        data,
+        cfg.optim.batch_size,
+        cfg.run.seed,
+        cfg.data.augment,
+        cfg.data.pad,
+        channels_last=True,
+        rank=d.rank,
+        world_size=d.world_size,
     )
-    probe = TrainingProbe(model, fixed_test_images(data, cfg.analysis.images)) if cfg.analysis.every else None
+    probe = (
+        TrainingProbe(model, fixed_test_images(data, cfg.analysis.images))
+        if cfg.analysis.every and d.main
+        else None
+    )
     eval_every = cfg.run.eval_every or batches.steps_per_epoch  # default: once per epoch
     log_every = cfg.run.log_every or eval_every
     window_loss = torch.zeros((), device=device)
@@ -282,6 +344,7 @@ def _train(cfg: RunConfig, run_dir: Path, tracker: Tracker, resuming: bool) -> S
     window_steps, window_time, start, wall_time, step_time = 0, 0.0, 0, 0.0, 0.0
     train_metrics: dict[str, float] = {}
     eval_metrics: dict[str, float] = {}
+    evaluated_images: dict[str, int] = {}
 
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -291,8 +354,9 @@ def _train(cfg: RunConfig, run_dir: Path, tracker: Tracker, resuming: bool) -> S
         if device.type == "cuda" and saved["cuda_rng"] is not None:
             torch.cuda.set_rng_state(saved["cuda_rng"], device)
         schedule.warming_up = saved["warming_up"]
-        window_loss.copy_(saved["window_loss"])
-        window_wrong.copy_(saved["window_wrong"])
+        if d.main:  # the saved window holds every rank's share: restore it once
+            window_loss.copy_(saved["window_loss"])
+            window_wrong.copy_(saved["window_wrong"])
         window_steps, window_time, start = saved["window_steps"], saved["window_time"], saved["iteration"]
         wall_time, step_time = saved["wall_time"], saved["step_time"]
         train_metrics, eval_metrics = saved["train_metrics"], saved["eval_metrics"]
@@ -308,8 +372,8 @@ def _train(cfg: RunConfig, run_dir: Path, tracker: Tracker, resuming: bool) -> S
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "warming_up": schedule.warming_up,
-            "window_loss": window_loss,
-            "window_wrong": window_wrong,
+            "window_loss": total_loss,
+            "window_wrong": total_wrong,
             "window_steps": window_steps,
             "window_time": window_time,
             "step_time": step_time,
@@ -318,8 +382,9 @@ def _train(cfg: RunConfig, run_dir: Path, tracker: Tracker, resuming: bool) -> S
             "eval_metrics": eval_metrics,
         }
 
-    env = environment(device, precision)
-    write_run_files(run_dir, cfg, env)
+    env = environment(device, precision) | {"world_size": d.world_size}
+    if d.main:
+        write_run_files(run_dir, cfg, env)
     for message in data.notes:
         tracker.note(message)
     tracker.start(cfg, start, env)
@@ -340,13 +405,21 @@ def _train(cfg: RunConfig, run_dir: Path, tracker: Tracker, resuming: bool) -> S
             last = it == cfg.schedule.iterations
             log_now, eval_now = it % log_every == 0 or last, it % eval_every == 0 or last
             probe_now = probe is not None and (it % cfg.analysis.every == 0 or last)
-            save_now = last or bool(stop) or (cfg.run.checkpoint_every and it % cfg.run.checkpoint_every == 0)
+            # Under DDP the ranks agree on a stop at log points, so that all stop at the same step.
+            if d.enabled:
+                stop_now = log_now and distributed.any_rank(bool(stop), device)
+            else:
+                stop_now = bool(stop)
+            save_now = last or stop_now or (cfg.run.checkpoint_every and it % cfg.run.checkpoint_every == 0)
             if not (log_now or eval_now or save_now or probe_now):
                 continue
 
             # Side effects below this line; the only host syncs of the loop happen here.
             seen = window_steps * cfg.optim.batch_size
-            window_loss_value = window_loss.item()
+            total_loss, total_wrong = window_loss.clone(), window_wrong.clone()
+            if log_now or save_now:  # the same steps on every rank: a safe place for a collective
+                distributed.all_sum(total_loss, total_wrong)
+            window_loss_value = total_loss.item()
             now = time.perf_counter()
             window_time += now - t_mark
             # The loss is computed before the update, so also check the weights about to be saved.
@@ -358,7 +431,7 @@ def _train(cfg: RunConfig, run_dir: Path, tracker: Tracker, resuming: bool) -> S
                 )
             if log_now and window_steps:
                 train_metrics = {
-                    "error/train": 100.0 * window_wrong.item() / seen,
+                    "error/train": 100.0 * total_wrong.item() / seen,
                     "loss/train": window_loss_value / seen,
                     "lr": lr,
                     "perf/images_per_sec": seen / window_time,
@@ -376,12 +449,13 @@ def _train(cfg: RunConfig, run_dir: Path, tracker: Tracker, resuming: bool) -> S
             if eval_now:
                 evals = {"test": data.test, **({"val": data.val} if data.val is not None else {})}
                 for split_name, split in evals.items():
-                    loss_value, error = evaluate(forward, data, split, amp)
+                    loss_value, error, count = evaluate(evaluated, data, split, amp, d)
                     eval_metrics |= {f"error/{split_name}": error, f"loss/{split_name}": loss_value}
+                    evaluated_images[split_name] = count
                 tracker.log(it, eval_metrics)
-            if save_now:
+            if save_now and d.main:
                 checkpoint.save(state(it), run_dir / checkpoint.CHECKPOINT)
-            if stop:
+            if stop_now:
                 raise Interrupted(
                     f"stopped by {stop[0]} at iteration {it}; the checkpoint is saved. "
                     f"Continue with: {resume_command(run_dir)}"
@@ -404,6 +478,7 @@ def _train(cfg: RunConfig, run_dir: Path, tracker: Tracker, resuming: bool) -> S
         images_per_sec=cfg.schedule.iterations * cfg.optim.batch_size / max(step_time, 1e-9),
         device=str(device),
         precision=precision,
+        test_samples=evaluated_images.get("test", 0),
     )
     tracker.finish(summary)
     return summary

@@ -1,0 +1,145 @@
+"""distributed.py and DDP training: sharding in-process, then real `torchrun --nproc_per_node=2` runs
+on CPU (gloo) with tiny data: completion, rank-0-only files, exact evaluation counts, resume."""
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from data_fixtures import Tiny, write_pickles
+
+from resbench import checkpoint, config
+from resbench.data import Batches, build_data
+from resbench.distributed import Dist, shard
+from resbench.tracking import read_metrics, read_summary
+
+
+@pytest.mark.parametrize("n,world", [(10, 2), (25, 2), (7, 3), (3, 4)])
+def test_shards_cover_every_item_exactly_once(n: int, world: int) -> None:
+    items = [i for r in range(world) for i in range(n)[shard(n, Dist(r, world))]]
+    assert items == list(range(n))
+
+
+def test_ranks_take_slices_of_the_single_process_batch(learnable_root: Path) -> None:
+    data = build_data(config.DataConfig(root=str(learnable_root)), "cpu")
+    single = Batches(data, 16, seed=3)
+    ranks = [Batches(data, 16, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    for _ in range(25):  # across epoch boundaries (160 images, 10 steps an epoch)
+        x, y = single.next()
+        parts = [b.next() for b in ranks]
+        assert torch.equal(torch.cat([p[0] for p in parts]), x) and torch.equal(
+            torch.cat([p[1] for p in parts]), y
+        )
+
+
+@pytest.fixture(scope="module")
+def odd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Learnable colours, 160 training and 25 test images: 25 does not split evenly over 2 ranks."""
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 256, (10, 3, 1, 1))
+
+    def split(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.clip(colours[y] + rng.normal(0, 30, (len(y), 3, 32, 32)), 0, 255).astype(np.uint8), y
+
+    root = tmp_path_factory.mktemp("odd")
+    write_pickles(root, Tiny(*split(np.repeat(np.arange(10), 16)), *split(np.arange(25) % 10)))
+    return root
+
+
+def torchrun(runs: Path, root: Path, *extra: str, iterations: int = 60) -> subprocess.Popen:
+    sets = [
+        "model.depth=8",
+        "model.width=4",
+        "optim.batch_size=16",
+        f"schedule.iterations={iterations}",
+        "schedule.milestones=[]",
+        "run.log_every=5",
+        "run.eval_every=30",
+        f"data.root={root}",
+    ]
+    args = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "resbench",
+        "train",
+        "-c",
+        "resnet20",
+        "--runs-dir",
+        str(runs),
+        "--device",
+        "cpu",
+        *(a for s in sets for a in ("--set", s)),
+        *extra,
+    ]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_torchrun_trains_with_rank_zero_alone_writing(odd_root: Path, tmp_path: Path) -> None:
+    proc = torchrun(tmp_path, odd_root)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    run = tmp_path / "resnet20" / "seed0"
+    summary = read_summary(run)
+    assert summary.test_samples == 25  # every test image counted once, none padded or doubled
+    losses = [m["loss/train"] for m in read_metrics(run) if "loss/train" in m]
+    assert losses[-1] < losses[0]
+    assert [m["iteration"] for m in read_metrics(run) if "loss/train" in m] == list(
+        range(5, 61, 5)
+    )  # no duplicates
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1
+    env = json.loads((run / "env.json").read_text())
+    assert env["world_size"] == 2 and len(env["starts"]) == 1
+    assert out.count("done resnet20") == 1 and err.count("do not match the official checksums") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("pgrep") is None, reason="needs pgrep to find torchrun's workers")
+def test_a_stopped_ddp_run_resumes_to_the_same_weights(odd_root: Path, tmp_path: Path) -> None:
+    straight = torchrun(tmp_path / "a", odd_root, iterations=400)
+    assert straight.wait(timeout=300) == 0
+    stopped = torchrun(tmp_path / "b", odd_root, iterations=400)
+    metrics = tmp_path / "b" / "resnet20" / "seed0" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 3) and time.time() < deadline:
+        time.sleep(0.1)
+    workers = subprocess.run(["pgrep", "-P", str(stopped.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2
+    for pid in workers:  # Ctrl-C reaches every worker of the job
+        subprocess.run(["kill", "-INT", pid])
+    _, err = stopped.communicate(timeout=120)
+    assert stopped.returncode != 0 and "resume" in err
+    saved = checkpoint.load(tmp_path / "b" / "resnet20" / "seed0" / "last.pt")
+    assert 0 < saved["iteration"] < 400 and saved["iteration"] % 5 == 0  # stopped together, at a log point
+    resumed = torchrun(tmp_path / "b", odd_root, "--resume", iterations=400)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    a = checkpoint.load(tmp_path / "a" / "resnet20" / "seed0" / "last.pt")["model"]
+    b = checkpoint.load(tmp_path / "b" / "resnet20" / "seed0" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (
+        read_summary(tmp_path / "b" / "resnet20" / "seed0").test_error
+        == read_summary(tmp_path / "a" / "resnet20" / "seed0").test_error
+    )
+
+
+def test_global_batch_must_divide_by_the_world_size(
+    learnable_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from resbench import train as train_mod
+
+    monkeypatch.setattr(train_mod.distributed, "from_env", lambda: Dist(0, 3, 0))
+    monkeypatch.setattr(train_mod.distributed, "setup", lambda d, device: False)
+    monkeypatch.setattr(train_mod.distributed, "broadcast_int", lambda v, device: v)
+    cfg = config.load("resnet20", ["optim.batch_size=16", f"data.root={learnable_root}", "run.device=cpu"])
+    with pytest.raises(config.ConfigError, match="must divide by the 3 processes"):
+        train_mod.train(cfg, tmp_path / "run")
