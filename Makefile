@@ -9,7 +9,7 @@ CIFAR ?= ../shared/data/cifar10-jpg.tar.gz
 
 $(BIN)/resbench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,ray]'
 	@touch $@
 
 data/resbench-cifar10.npz: | $(BIN)/resbench

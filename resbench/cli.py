@@ -358,15 +358,30 @@ def compare(
     analyze: Annotated[
         bool, typer.Option("--analyze", help="Add Figure 7 (layer responses) and their stats to the report.")
     ] = False,
+    backend: Annotated[str, typer.Option(help="local: a process pool (--jobs); ray: Ray tasks.")] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="With --backend ray: an existing cluster (auto, or HOST:PORT).")
+    ] = None,
+    gpus_per_run: Annotated[
+        float | None, typer.Option(help="With --backend ray: GPUs per run, e.g. 0.25 (default: 1 if any).")
+    ] = None,
+    cpus_per_run: Annotated[float, typer.Option(help="With --backend ray: CPUs per run.")] = 1.0,
+    retries: Annotated[
+        int, typer.Option(help="With --backend ray: retries of a failed run, from its checkpoint.")
+    ] = 2,
 ) -> None:
     """Plain vs residual side by side: train what is missing, reuse what exists, report and judge."""
     from resbench.compare import load_run, plan, summarise
     from resbench.report import write_report
-    from resbench.sweep import run_all
+    from resbench.sweep import run_all, run_all_ray
 
     with user_errors():
         if jobs < 1:
             raise config_mod.ConfigError(f"--jobs {jobs}: must be at least 1")
+        if backend not in ("local", "ray"):
+            raise config_mod.ConfigError(f"--backend {backend!r}: expected local or ray")
+        if backend == "local" and (address or gpus_per_run is not None):
+            raise config_mod.ConfigError("--address and --gpus-per-run need --backend ray")
         overrides = list(set_ or []) + ([f"run.device={device}"] if device else [])
         planned = plan(names, config_mod.parse_seeds(seeds), overrides, preset, runs_dir)
         todo = [p for p in planned if p.state != "finished"]
@@ -382,16 +397,21 @@ def compare(
                 + ". Run compare without --no-train to train or resume them."
             )
         states = [p.state for p in planned]
+        how = f"{jobs} at a time" if backend == "local" else f"on Ray at {address or 'a local instance'}"
         console.print(
             f"{len(planned)} runs: {states.count('finished')} reused, {states.count('unfinished')} "
-            f"to resume, {len(todo) - states.count('unfinished')} to train ({jobs} at a time)",
+            f"to resume, {len(todo) - states.count('unfinished')} to train ({how})",
             highlight=False,
         )
         failed = []
         if todo:
             progress = SweepProgress(console, planned)
             try:
-                outcomes = run_all([(p.cfg, p.run_dir) for p in todo], jobs, progress)
+                tasks = [(p.cfg, p.run_dir) for p in todo]
+                if backend == "ray":
+                    outcomes = run_all_ray(tasks, address, gpus_per_run, cpus_per_run, retries, progress)
+                else:
+                    outcomes = run_all(tasks, jobs, progress)
             except KeyboardInterrupt:
                 raise Interrupted(
                     "compare stopped; each run wrote its checkpoint. Run the same command again to resume."

@@ -1,12 +1,18 @@
-"""Running many trainings at once: a local pool of worker processes, one run per task.
+"""Running many trainings at once: a local pool of worker processes, or Ray, one run per task.
 
-    run_all(jobs_list, jobs, on_event) -> list[Outcome]
+    run_all(tasks, jobs, on_event)                            -> list[Outcome]   --backend local
+    run_all_ray(tasks, address, gpus, cpus, retries, on_event) -> list[Outcome]  --backend ray
 
 Each task is `train.train(cfg, run_dir, resume=True, wait=True)`: a finished run with the same
 config is reused, an unfinished one resumed, a missing one trained, the same code path as
 `resbench train`. The run lock makes a second sweep over the same runs wait and then reuse them.
 Workers split the CPU cores between them, or take one GPU each (round robin). A failed run is
 reported in its `Outcome` and does not stop the others. Progress comes back as `Event`s.
+
+Ray is optional (`pip install "resbench[ray]"`) and imported here alone, inside `run_all_ray`.
+Each run is a Ray task with its own resource request; a failed task is submitted again, up to
+`retries` times, and `train(resume=True)` continues it from its last checkpoint. Run directories
+must be on storage that every node reaches (`--runs-dir` on a shared filesystem).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resbench.config import ResbenchError, RunConfig, validate
+from resbench.config import ConfigError, ResbenchError, RunConfig, validate
 from resbench.tracking import Summary, Tracker
 
 
@@ -158,3 +164,119 @@ def _outcome(future: Future[Summary], run_dir: Path) -> Outcome:
     if isinstance(err, ResbenchError):
         return Outcome(run_dir, None, str(err))
     return Outcome(run_dir, None, f"{type(err).__name__}: {err}")
+
+
+# --------------------------------------------------------------------------------------------
+# Ray
+
+
+def _ray_train(cfg_dict: dict[str, Any], run_dir: str, cwd: str, events: Any, threads: int) -> Summary:
+    """One run inside a Ray worker, from the driver's working directory (relative data paths)."""
+    import socket
+
+    import torch
+
+    from resbench.train import train
+
+    host = socket.gethostname()
+    try:
+        os.chdir(cwd)
+        path = Path(run_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / ".writable").touch()
+        (path / ".writable").unlink()
+    except OSError as err:
+        raise ResbenchError(
+            f"a Ray worker on {host} cannot use {run_dir} from {cwd} ({err.strerror}). With Ray, --runs-dir "
+            "and the working directory must be on storage every node can reach (a shared filesystem)."
+        ) from None
+    torch.set_num_threads(threads)
+    return train(validate(cfg_dict), path, QueueTracker(events, path), resume=True, wait=True)
+
+
+def run_all_ray(
+    tasks: list[tuple[RunConfig, Path]],
+    address: str | None = None,
+    gpus_per_run: float | None = None,
+    cpus_per_run: float = 1,
+    retries: int = 2,
+    on_event: Callable[[Event], None] = lambda event: None,
+) -> list[Outcome]:
+    """Each task as a Ray task on a local instance (address None) or the cluster at `address`."""
+    try:
+        import ray
+        from ray.util.queue import Queue
+    except ImportError:
+        raise ResbenchError(
+            '--backend ray needs Ray: pip install "resbench[ray]" (or pip install ray)'
+        ) from None
+    if not tasks:
+        return []
+    started_here = not ray.is_initialized()
+    if started_here:
+        try:
+            ray.init(address=address, include_dashboard=False, logging_level="warning")
+        except (ConnectionError, RuntimeError) as err:
+            raise ResbenchError(
+                f"cannot start or reach Ray at {address or 'a new local instance'}: {err}"
+            ) from None
+    try:
+        if gpus_per_run is None:  # one GPU per run where the cluster has GPUs, none elsewhere
+            gpus_per_run = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
+        events = Queue()
+        remote = ray.remote(_ray_train).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)
+        threads = max(1, int(cpus_per_run))
+
+        def submit(i: int) -> Any:
+            cfg, run_dir = tasks[i]
+            return remote.remote(cfg.to_dict(), str(run_dir), os.getcwd(), events, threads)  # relative to cwd
+
+        pending = {submit(i): i for i in range(len(tasks))}
+        attempts = [1] * len(tasks)
+        outcomes: list[Outcome | None] = [None] * len(tasks)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=0.2)
+            _drain_ray(events, on_event)
+            for ref in done:
+                i = pending.pop(ref)
+                run_dir = tasks[i][1]
+                try:
+                    outcomes[i] = Outcome(run_dir, ray.get(ref), None)
+                except Exception as err:  # RayTaskError wraps what the worker raised
+                    cause = getattr(err, "cause", None) or err
+                    retriable = not isinstance(cause, ConfigError)
+                    if retriable and attempts[i] <= retries:
+                        attempts[i] += 1
+                        on_event(
+                            Event(
+                                run_dir,
+                                "note",
+                                message=f"{run_dir} failed ({_reason(cause)}); retry "
+                                f"{attempts[i] - 1} of {retries} from its checkpoint",
+                            )
+                        )
+                        pending[submit(i)] = i
+                        continue
+                    tried = f" after {attempts[i]} attempts" if attempts[i] > 1 else ""
+                    outcomes[i] = Outcome(run_dir, None, f"failed{tried}: {_reason(cause)}")
+                outcome = outcomes[i]
+                message = (
+                    f"failed: {outcome.error}"
+                    if outcome.error
+                    else (f"done, test error {outcome.summary.test_error:.2f}%")
+                )
+                on_event(Event(run_dir, "done", message=message))
+        _drain_ray(events, on_event)
+        return [o for o in outcomes if o is not None]
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _drain_ray(events: Any, on_event: Callable[[Event], None]) -> None:
+    while not events.empty():
+        on_event(events.get())
+
+
+def _reason(err: BaseException) -> str:
+    return str(err) if isinstance(err, ResbenchError) else f"{type(err).__name__}: {err}"
