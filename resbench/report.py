@@ -56,25 +56,13 @@ def figure6(report: Report) -> Figure:
             label = f"{title}-{c.depth}"
             if c.name.split("-")[0] not in (f"plain{c.depth}", f"resnet{c.depth}"):  # "-quick": a preset
                 label += f" ({c.name})"
-            ax.plot(c.train_iterations, c.train_mean, "--", color=colour, linewidth=1, label=f"{label} train")
-            ax.plot(c.test_iterations, c.test_mean, "-", color=colour, linewidth=2.2, label=f"{label} test")
-            if c.n > 1:
-                ax.fill_between(
-                    c.train_iterations,
-                    c.train_mean - c.train_std,
-                    c.train_mean + c.train_std,
-                    color=colour,
-                    alpha=0.12,
-                    linewidth=0,
-                )
-                ax.fill_between(
-                    c.test_iterations,
-                    c.test_mean - c.test_std,
-                    c.test_mean + c.test_std,
-                    color=colour,
-                    alpha=0.2,
-                    linewidth=0,
-                )
+            for x, mean, std, style, width, alpha, kind in (
+                (c.train_iterations, c.train_mean, c.train_std, "--", 1.0, 0.12, "train"),
+                (c.test_iterations, c.test_mean, c.test_std, "-", 2.2, 0.2, "test"),
+            ):
+                ax.plot(x, mean, style, color=colour, linewidth=width, label=f"{label} {kind}")
+                if c.n > 1:  # ±1 std over seeds
+                    ax.fill_between(x, mean - std, mean + std, color=colour, alpha=alpha, linewidth=0)
         ax.set_title(panel if any(c.residual == residual for c in report.curves) else f"{panel}: no runs")
         ax.set_xlabel("iter.")
         ax.grid(alpha=0.3)

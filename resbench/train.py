@@ -422,8 +422,10 @@ def _train(
             window_loss_value = total_loss.item()
             now = time.perf_counter()
             window_time += now - t_mark
+            # Judge the loss only where every rank summed it (a lone rank must not stop the others).
             # The loss is computed before the update, so also check the weights about to be saved.
-            if not math.isfinite(window_loss_value) or (save_now and not finite(model)):
+            summed = log_now or save_now or not d.enabled
+            if (summed and not math.isfinite(window_loss_value)) or (save_now and not finite(model)):
                 raise Diverged(
                     f"training diverged (loss {window_loss_value}) by iteration {it} "
                     f"(lr {lr:g}). The last good checkpoint is kept in {run_dir}. Try a "

@@ -5,21 +5,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_compare import TINY
 
 from resbench import config
 from resbench.config import ResbenchError
 from resbench.sweep import run_all_ray
 
 ray = pytest.importorskip("ray")
-
-TINY = [
-    "model.width=4",
-    "optim.batch_size=16",
-    "schedule.iterations=12",
-    "schedule.milestones=[8]",
-    "run.log_every=4",
-    "run.eval_every=6",
-]
 
 
 @pytest.fixture(scope="module")
