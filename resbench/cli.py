@@ -256,6 +256,7 @@ class SweepProgress:
         self.names = {p.run_dir: f"{p.cfg.run.name} seed {p.cfg.run.seed}" for p in planned}
         self.done = sum(p.state == "finished" for p in planned)
         self.running: dict[Path, Any] = {}
+        self.notes: set[str] = set()
         self.progress: Progress | None = None
         if out.is_terminal:
             self.progress = Progress(
@@ -284,9 +285,11 @@ class SweepProgress:
     def __call__(self, event: Any) -> None:
         name = self.names.get(event.run_dir, str(event.run_dir))
         if event.kind == "note":
-            err_console.print(
-                f"[bold yellow]note:[/] {escape(event.message)}", highlight=False, soft_wrap=True
-            )
+            if event.message not in self.notes:  # every worker loads the same data: say it once
+                self.notes.add(event.message)
+                err_console.print(
+                    f"[bold yellow]note:[/] {escape(event.message)}", highlight=False, soft_wrap=True
+                )
         elif event.kind == "start":
             what = f"resuming at {event.iteration}" if event.iteration else "training"
             if self.progress is not None:

@@ -223,7 +223,8 @@ def run_all_ray(
     try:
         if gpus_per_run is None:  # one GPU per run where the cluster has GPUs, none elsewhere
             gpus_per_run = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
-        events = Queue()
+        # An actor needs a CPU to be placed; with every CPU held by runs, their progress would wait.
+        events = Queue(actor_options={"num_cpus": 0})
         remote = ray.remote(_ray_train).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)
         threads = max(1, int(cpus_per_run))
 

@@ -321,6 +321,7 @@ def test_compare_trains_then_reuses_in_parallel(cli, learnable_root: Path, tmp_p
     first = cli(*args)
     assert first.exit_code == 0, first.output
     assert "4 runs: 0 reused, 0 to resume, 4 to train (2 at a time)" in first.stdout
+    assert first.stderr.count("do not match the official checksums") == 1  # four workers, one note
     assert (tmp_path / "report" / "figure6.png").is_file() and "residual fix" in first.stdout.lower()
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("last.pt")}
     second = cli(*args)
