@@ -54,7 +54,9 @@ def setup(d: Dist, device: torch.device) -> bool:
 
 
 def teardown() -> None:
+    """Leave together: a rank that exits while another still talks to it aborts the job."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
