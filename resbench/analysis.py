@@ -208,6 +208,14 @@ class ModelResponses:
     stds: list[float]  # per layer, network order
     median_ratio: float | None  # median over blocks of ||F(x)|| / ||x||, residual nets only
 
+    @property
+    def mean_std(self) -> float:
+        return statistics.fmean(self.stds)
+
+    @property
+    def ratio_text(self) -> str:
+        return "" if self.median_ratio is None else f"{self.median_ratio:.1%}"
+
 
 @dataclass(frozen=True)
 class AnalysisReport:
@@ -248,17 +256,17 @@ def _findings(models: list[ModelResponses]) -> list[str]:
     for m in (m for m in models if m.residual):
         twin = next((p for p in models if not p.residual and p.depth == m.depth), None)
         if twin is not None:
-            factor = statistics.fmean(twin.stds) / statistics.fmean(m.stds)
+            factor = twin.mean_std / m.mean_std
             lines.append(
                 f"{twin.name} layers have {factor:.1f}x the responses of {m.name} "
-                f"(mean std {statistics.fmean(twin.stds):.3f} vs {statistics.fmean(m.stds):.3f})"
+                f"(mean std {twin.mean_std:.3f} vs {m.mean_std:.3f})"
             )
     residual = sorted((m for m in models if m.residual), key=lambda m: m.depth)
     for shallow, deep in pairwise(residual):
-        smaller = statistics.fmean(deep.stds) < statistics.fmean(shallow.stds)
+        smaller = deep.mean_std < shallow.mean_std
         lines.append(
             f"{deep.name} has {'smaller' if smaller else 'larger'} responses than {shallow.name} "
-            f"({statistics.fmean(deep.stds):.3f} vs {statistics.fmean(shallow.stds):.3f}): the paper "
+            f"({deep.mean_std:.3f} vs {shallow.mean_std:.3f}): the paper "
             f"expects smaller{'' if smaller else '; this run does not show it'}"
         )
     return lines

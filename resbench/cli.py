@@ -326,9 +326,7 @@ def _report_table(report: Any) -> Table:
     for column in ("model", "params", "train err", "test err", "paper (Δ)", "seeds", "time"):
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
     for r in report.rows:
-        paper = ""
-        if r.paper_test_error is not None:
-            paper = f"{'≈' if r.paper_approximate else ''}{r.paper_test_error:.2f} ({r.delta_to_paper:+.1f})"
+        paper = f"{r.paper_text} ({r.delta_to_paper:+.1f})" if r.paper_text else ""
         table.add_row(
             r.name,
             f"{r.params / 1e3:,.0f}k",
@@ -475,14 +473,8 @@ def _print_responses(summary: Any) -> None:
     for column in ("model", "seeds", "3x3 layers", "mean std", "max std", "median ||F(x)||/||x||"):
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
     for m in summary.models:
-        ratio = "" if m.median_ratio is None else f"{m.median_ratio:.1%}"
         table.add_row(
-            m.name,
-            str(m.seeds),
-            str(len(m.stds)),
-            f"{sum(m.stds) / len(m.stds):.3f}",
-            f"{max(m.stds):.3f}",
-            ratio,
+            m.name, str(m.seeds), str(len(m.stds)), f"{m.mean_std:.3f}", f"{max(m.stds):.3f}", m.ratio_text
         )
     console.print(table)
     for finding in summary.findings:

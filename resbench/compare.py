@@ -156,6 +156,13 @@ class Row:
     def delta_to_paper(self) -> float | None:
         return None if self.paper_test_error is None else self.test_error.mean - self.paper_test_error
 
+    @property
+    def paper_text(self) -> str:
+        """The paper's test error as printed: '≈' marks a reading off Figure 6; empty if none."""
+        if self.paper_test_error is None:
+            return ""
+        return f"{'≈' if self.paper_approximate else ''}{self.paper_test_error:.2f}"
+
 
 @dataclass(frozen=True)
 class Curve:

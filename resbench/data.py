@@ -615,11 +615,21 @@ def prepare(src: Path | None, root: Path, dataset: str = "cifar10") -> str:
         raise DataError(f"unknown dataset {dataset!r}; choose from {', '.join(_SPECS)}")
     spec, root = _SPECS[dataset], Path(root).expanduser()
     if src is None:
-        arrays = _download(spec, root)
-        cache = root / f"resbench-{spec.key}.npz"
-        _write_cache(cache, arrays)
-        return f"downloaded {spec.name} to {root / spec.folder} and cached it in {cache}"
-    src = Path(src).expanduser()
+        arrays, did = _download(spec, root), f"downloaded {spec.name} to {root / spec.folder}"
+    else:
+        arrays, did = _copy_in(spec, Path(src).expanduser(), root)
+    cache = root / f"resbench-{spec.key}.npz"
+    if not _write_cache(cache, arrays):
+        raise DataError(f"cannot write {cache}; is {root} writable?")
+    status = "official files" if arrays.official else "not the official files: see the note at training"
+    return (
+        f"{did}; {len(arrays.train_y):,} training + {len(arrays.test_y):,} test images "
+        f"cached in {cache} ({status})"
+    )
+
+
+def _copy_in(spec: _Spec, src: Path, root: Path) -> tuple[_Arrays, str]:
+    """Put `src` into `root`; whatever this copied is removed again if the data turns out bad."""
     forms = (
         f"the official {spec.archive}, a {spec.folder} folder, an image-folder tree "
         "(train/ and test/) or a .tar.gz of one"
@@ -631,22 +641,13 @@ def prepare(src: Path | None, root: Path, dataset: str = "cifar10") -> str:
     except OSError as err:
         raise DataError(f"cannot create {root}: {err.strerror}") from None
 
-    placed: list[Path] = []  # what this call copied, removed again if the data turns out bad
+    placed: list[Path] = []
     try:
-        arrays, did = _place_and_read(spec, src, root, placed, forms)
+        return _place_and_read(spec, src, root, placed, forms)
     except DataError:
         for path in placed:
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         raise
-
-    cache = root / f"resbench-{spec.key}.npz"
-    if not _write_cache(cache, arrays):
-        raise DataError(f"cannot write {cache}; is {root} writable?")
-    status = "official files" if arrays.official else "not the official files: see the note at training"
-    return (
-        f"{did}; {len(arrays.train_y):,} training + {len(arrays.test_y):,} test images "
-        f"cached in {cache} ({status})"
-    )
 
 
 def _place_and_read(

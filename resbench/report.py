@@ -112,15 +112,10 @@ def summary_markdown(report: Report, tb_command: str) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report.rows:
-        paper = (
-            ""
-            if r.paper_test_error is None
-            else f"{'≈' if r.paper_approximate else ''}{r.paper_test_error:.2f}"
-        )
         delta = "" if r.delta_to_paper is None else f"{r.delta_to_paper:+.2f}"
         lines.append(
             f"| {r.name} | {r.depth} | {r.block} | {r.shortcut or 'none (plain)'} | {r.params:,} | "
-            f"{r.train_error} | {r.test_error} | {paper} | {delta} | {r.wall_time.mean / 60:.1f} min |"
+            f"{r.train_error} | {r.test_error} | {r.paper_text} | {delta} | {r.wall_time.mean / 60:.1f} min |"
         )
     n = {len(r.seeds) for r in report.rows}
     lines += [
@@ -161,10 +156,9 @@ def analysis_markdown(summary: AnalysisReport) -> str:
         "|---|---|---|---|---|---|",
     ]
     for m in summary.models:
-        ratio = "" if m.median_ratio is None else f"{m.median_ratio:.1%}"
         lines.append(
-            f"| {m.name} | {m.seeds} | {len(m.stds)} | {sum(m.stds) / len(m.stds):.3f} | "
-            f"{max(m.stds):.3f} | {ratio} |"
+            f"| {m.name} | {m.seeds} | {len(m.stds)} | {m.mean_std:.3f} | {max(m.stds):.3f} "
+            f"| {m.ratio_text} |"
         )
     return "\n".join([*lines, "", *(f"- {f}" for f in summary.findings), ""])
 

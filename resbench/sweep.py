@@ -48,6 +48,11 @@ class Outcome:
     summary: Summary | None
     error: str | None  # why the run failed, for the user
 
+    def event(self) -> Event:
+        """The `done` event that reports this outcome."""
+        text = f"failed: {self.error}" if self.error else f"done, test error {self.summary.test_error:.2f}%"
+        return Event(self.run_dir, "done", message=text)
+
 
 class QueueTracker(Tracker):
     """Sends a worker's progress to the parent, about a hundred steps per run."""
@@ -130,12 +135,7 @@ def run_all(
                         _drain(events, on_event, timeout=0)  # the run's last events come first
                         reported.add(i)
                         outcome = _outcome(f, tasks[i][1])
-                        message = (
-                            f"failed: {outcome.error}"
-                            if outcome.error
-                            else (f"done, test error {outcome.summary.test_error:.2f}%")
-                        )
-                        on_event(Event(tasks[i][1], "done", message=message))
+                        on_event(outcome.event())
         except KeyboardInterrupt:  # workers got the signal too: let them write their checkpoints
             for f in futures:
                 f.cancel()
@@ -261,12 +261,7 @@ def run_all_ray(
                     tried = f" after {attempts[i]} attempts" if attempts[i] > 1 else ""
                     outcomes[i] = Outcome(run_dir, None, f"failed{tried}: {_reason(cause)}")
                 outcome = outcomes[i]
-                message = (
-                    f"failed: {outcome.error}"
-                    if outcome.error
-                    else (f"done, test error {outcome.summary.test_error:.2f}%")
-                )
-                on_event(Event(run_dir, "done", message=message))
+                on_event(outcome.event())
         _drain_ray(events, on_event)
         return [o for o in outcomes if o is not None]
     finally:

@@ -116,7 +116,7 @@ def run_state(run_dir: Path) -> str:
     return "empty"
 
 
-def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, force: bool) -> bool:
+def prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> bool:
     """Check what `run_dir` holds against what was asked; returns True if training resumes from last.pt.
 
     Call it holding the run's lock. `force` wipes the directory and starts over.
@@ -143,7 +143,7 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, force: bool) ->
             "Use --resume to continue it, or --force to start it again from scratch."
         )
     if state == "started":  # killed before its first checkpoint: nothing to continue from
-        return prepare_run_dir(run_dir, cfg, resume=False, force=True)
+        return prepare_run_dir(run_dir, resume=False, force=True)
     return state == "unfinished"
 
 

@@ -269,7 +269,7 @@ def train(
                     check_same_config(run_dir, cfg)
                     status = FINISHED  # nothing left to do
                 else:
-                    status = RESUME if prepare_run_dir(run_dir, cfg, resume, force) else FRESH
+                    status = RESUME if prepare_run_dir(run_dir, resume, force) else FRESH
             except ResbenchError as err:
                 error, status = err, REFUSED
         status = distributed.broadcast_int(status, device)  # every rank follows rank 0's decision

@@ -203,6 +203,20 @@ def test_prepare_without_a_source_downloads_and_caches(
     assert_holds_pickle_order(load(tmp_path / "data"), tiny)
 
 
+def test_prepare_says_when_the_cache_cannot_be_written(
+    tmp_path: Path, tiny: Tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class FakeCIFAR10(torchvision.datasets.CIFAR10):
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            write_pickles(Path(root), tiny)
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    monkeypatch.setattr("resbench.data._write_cache", lambda path, arrays: False)
+    for source in (None, write_pickles(tmp_path / "src", tiny)):
+        with pytest.raises(DataError, match=r"cannot write .*resbench-cifar10\.npz"):
+            prepare(source, tmp_path / f"data-{source is None}")
+
+
 def test_a_failed_download_is_a_data_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     class OfflineCIFAR10(torchvision.datasets.CIFAR10):
         def __init__(self, *args: object, **kwargs: object) -> None:

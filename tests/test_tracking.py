@@ -26,23 +26,23 @@ def test_run_dir_layout(cfg: config.RunConfig) -> None:
 
 def test_states_and_refusals(tmp_path: Path, cfg: config.RunConfig) -> None:
     run = tmp_path / "run"
-    assert run_state(run) == "empty" and prepare_run_dir(run, cfg, resume=False, force=False) is False
+    assert run_state(run) == "empty" and prepare_run_dir(run, resume=False, force=False) is False
     run.mkdir()
     (run / "metrics.jsonl").write_text("")
     assert run_state(run) == "started"
     with pytest.raises(RunDirError, match=r"(?s)--resume.*--force"):
-        prepare_run_dir(run, cfg, resume=False, force=False)
-    assert prepare_run_dir(run, cfg, resume=True, force=False) is False  # nothing to resume: start over
+        prepare_run_dir(run, resume=False, force=False)
+    assert prepare_run_dir(run, resume=True, force=False) is False  # nothing to resume: start over
     assert run_state(run) == "empty"
     (run / "last.pt").write_bytes(b"x")
     assert run_state(run) == "unfinished"
     with pytest.raises(RunDirError, match=r"(?s)unfinished run.*--resume.*--force"):
-        prepare_run_dir(run, cfg, resume=False, force=False)
-    assert prepare_run_dir(run, cfg, resume=True, force=False) is True
+        prepare_run_dir(run, resume=False, force=False)
+    assert prepare_run_dir(run, resume=True, force=False) is True
     (run / "summary.json").write_text("{}")
     with pytest.raises(RunDirError, match=r"(?s)finished run.*--force"):
-        prepare_run_dir(run, cfg, resume=False, force=False)
-    assert prepare_run_dir(run, cfg, resume=False, force=True) is False
+        prepare_run_dir(run, resume=False, force=False)
+    assert prepare_run_dir(run, resume=False, force=True) is False
     assert run_state(run) == "empty"
 
 
