@@ -16,12 +16,22 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import reprlib
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 
 
 class ResbenchError(Exception):
@@ -40,9 +50,18 @@ class ConfigError(ResbenchError):
 # --------------------------------------------------------------------------------------------
 # Sections
 
+# Bounds are pydantic constraints; `_describe` turns a violated one into "must be positive, got -1".
+Positive = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+AtLeast1 = Annotated[int, Field(ge=1)]
+Interval = Annotated[int, Field(ge=0)]  # iterations between two events; 0 has a documented meaning
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100}  # data.dataset -> model.num_classes
+TRAIN_IMAGES = 50_000  # CIFAR-10 and CIFAR-100 alike; data.val_size must leave some of them
+
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: a `.nan` lr would only surface later as a "divergence"
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -53,8 +72,8 @@ class ModelConfig(_Section):
     residual: bool = True  # false: the plain twin, the very same layers without shortcuts
     # null means the paper's CIFAR choice: A for residual nets (§4.2), none for plain nets
     shortcut: Literal["A", "B", "C"] | None = Field(default=None, validate_default=True)
-    width: int = 16  # planes of stage 1; stages 2 and 3 double it (16/32/64, §4.2)
-    num_classes: int = 10
+    width: AtLeast1 = 16  # planes of stage 1; stages 2 and 3 double it (16/32/64, §4.2)
+    num_classes: AtLeast1 = 10  # in a RunConfig: follows data.dataset unless set, and must agree with it
     init_mode: Literal["fan_out", "fan_in"] = "fan_out"  # He init [13]; fan_out as torchvision
     zero_init_residual: bool = False  # zero the last BN of each residual branch; not in the paper
 
@@ -85,13 +104,6 @@ class ModelConfig(_Section):
             return "A"  # §4.2: option A on CIFAR, so plain and residual twins have equal parameters
         return shortcut
 
-    @field_validator("width", "num_classes")
-    @classmethod
-    def _positive(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"must be at least 1, got {value}")
-        return value
-
     @property
     def n(self) -> int:
         """Blocks per stage."""
@@ -104,80 +116,47 @@ class DataConfig(_Section):
     dataset: Literal["cifar10", "cifar100"] = "cifar10"
     root: str = "data"  # searched for cifar-10-batches-py/, the official .tar.gz or train/ + test/
     download: bool = False  # fetch the official archive with torchvision's downloader
-    val_size: int = 0  # 5000 gives the paper's 45k/5k split for choosing a schedule (§4.2)
+    # 5000 gives the paper's 45k/5k split for choosing a schedule (§4.2)
+    val_size: int = Field(default=0, ge=0, lt=TRAIN_IMAGES)
     normalize: Literal["pixel_mean", "channel"] = "pixel_mean"  # §4.2 subtracts the per-pixel mean
     augment: bool = True  # pad, random 32x32 crop and horizontal flip (§4.2)
-    pad: int = 4  # pixels on each side before the random crop (§4.2)
+    pad: Interval = 4  # pixels on each side before the random crop (§4.2)
 
-    @field_validator("val_size", "pad")
+    @field_validator("root")
     @classmethod
-    def _non_negative(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError(f"must be 0 or more, got {value}")
-        return value
+    def _no_nul(cls, root: str) -> str:
+        if "\0" in root:
+            raise ValueError("must be a path without NUL bytes")
+        return root
 
 
 class OptimConfig(_Section):
     """SGD as in §4.2."""
 
-    lr: float = 0.1  # divided by schedule.gamma^-1 at each milestone (§4.2)
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    lr: Positive = 0.1  # multiplied by schedule.gamma at each milestone (§4.2)
+    momentum: float = Field(default=0.9, ge=0, lt=1)  # 1 or more makes SGD's velocity grow without bound
+    weight_decay: float = Field(default=1e-4, ge=0)
     nesterov: bool = False
     weight_decay_on: Literal["all", "weights"] = "all"  # weights: conv/linear weights only, not BN or bias
-    batch_size: int = 128  # §4.2, split over two GPUs in the paper
-
-    @field_validator("lr", "batch_size")
-    @classmethod
-    def _strictly_positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError(f"must be positive, got {value}")
-        return value
-
-    @field_validator("momentum", "weight_decay")
-    @classmethod
-    def _non_negative(cls, value: float) -> float:
-        if value < 0:
-            raise ValueError(f"must be 0 or more, got {value}")
-        return value
+    batch_size: PositiveInt = 128  # §4.2, split over two GPUs in the paper
 
 
 class WarmupConfig(_Section):
     """§4.2 for ResNet-110: lr 0.01 until the training error is below 80%, then the base lr."""
 
-    lr: float = 0.01
-    until_train_error: float = 80.0  # %, of the running training error (errors are % everywhere)
-    max_iterations: int = 1000  # the paper saw about 400; stop warming up here regardless
-
-    @field_validator("lr", "max_iterations")
-    @classmethod
-    def _strictly_positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError(f"must be positive, got {value}")
-        return value
-
-    @field_validator("until_train_error")
-    @classmethod
-    def _percent(cls, value: float) -> float:
-        if not 0 < value <= 100:
-            raise ValueError(f"must be a percentage in (0, 100], got {value}")
-        return value
+    lr: Positive = 0.01
+    # %, of the running training error (errors are % everywhere)
+    until_train_error: float = Field(default=80.0, gt=0, le=100)
+    max_iterations: PositiveInt = 1000  # the paper saw about 400; stop warming up here regardless
 
 
 class ScheduleConfig(_Section):
     """Counted in iterations, as in the paper (§4.2)."""
 
-    iterations: int = 64_000  # 164 epochs of 50k images at batch 128
+    iterations: AtLeast1 = 64_000  # 164 epochs of 50k images at batch 128
     milestones: tuple[int, ...] = Field(default=(32_000, 48_000), validate_default=True)  # lr x gamma at each
-    gamma: float = 0.1
+    gamma: float = Field(default=0.1, gt=0, le=1)
     warmup: WarmupConfig | None = None  # the ResNet-110 rule; null: no warm-up
-
-    @field_validator("iterations")
-    @classmethod
-    def _positive(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"must be at least 1, got {value}")
-        return value
 
     @field_validator("milestones")
     @classmethod
@@ -188,68 +167,46 @@ class ScheduleConfig(_Section):
             raise ValueError(f"must be positive iterations, got {list(milestones)}")
         iterations = info.data.get("iterations")
         if iterations is not None and milestones and milestones[-1] >= iterations:
+            # the paper's drops at 32k and 48k of 64k: 50% and 75% of any length
+            scaled = sorted({m for m in (iterations // 2, iterations * 3 // 4) if m >= 1})
             raise ValueError(
-                f"{list(milestones)} reaches past the last iteration ({iterations}); "
-                "every milestone must be below schedule.iterations"
+                f"{list(milestones)} reaches past the last iteration ({iterations}); every milestone "
+                f"must be below schedule.iterations. For the paper's lr drops at 50% and 75% of the run: "
+                f"--set 'schedule.milestones=[{','.join(map(str, scaled))}]', "
+                "or --preset quick for the CPU-sized 2,000-iteration schedule"
             )
         return milestones
-
-    @field_validator("gamma")
-    @classmethod
-    def _fraction(cls, value: float) -> float:
-        if not 0 < value <= 1:
-            raise ValueError(f"must be in (0, 1], got {value}")
-        return value
 
 
 class RunSettings(_Section):
     """How and where one run executes; none of this changes the experiment's mathematics."""
 
     name: str = ""  # the run directory's name; empty: the config file's name (+ preset)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**32)  # init, batch order and augmentation; the run dir's seed<k>
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # auto: cuda, then mps, then cpu
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the hardware runs it natively
     compile: bool = False  # torch.compile the model (helps on CUDA; slower on small CPUs)
+    deterministic: bool = False  # deterministic kernels, no cudnn.benchmark: exact resume on GPU, slower
     sync_bn: bool = False  # under torchrun: BN statistics over all GPUs; off as in the paper (per device)
-    eval_every: int = 0  # iterations between evaluations; 0: once per epoch
-    checkpoint_every: int = 1000  # iterations between checkpoints (and at the end)
-    log_every: int = 100  # iterations per running train error/loss point
+    eval_every: Interval = 0  # iterations between evaluations; 0: once per epoch
+    checkpoint_every: Interval = 1000  # iterations between checkpoints (and at the end); 0: at the end only
+    log_every: Interval = 100  # iterations per running train error/loss point; 0: at each evaluation
 
     @field_validator("name")
     @classmethod
     def _path_safe(cls, name: str) -> str:
-        if "/" in name or "\\" in name or name in (".", ".."):
-            raise ValueError(f"must be a plain directory name, got {name!r}")
+        bad = any(c in name for c in "/\\\0") or name in (".", "..") or len(name.encode()) > 255
+        if bad:
+            raise ValueError(f"must be a plain directory name (up to 255 bytes), got {_clip(name)}")
         return name
-
-    @field_validator("eval_every", "checkpoint_every", "log_every")
-    @classmethod
-    def _non_negative(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError(f"must be 0 or more, got {value}")
-        return value
 
 
 class AnalysisConfig(_Section):
     """Layer responses (§4.2, Figure 7) and gradient norms; they only read the model."""
 
-    every: int = 0  # iterations between response and gradient-norm logs to TensorBoard; 0: off
-    images: int = 1000  # fixed, seeded test images the responses are measured on
+    every: Interval = 0  # iterations between response and gradient-norm logs to TensorBoard; 0: off
+    images: AtLeast1 = 1000  # fixed, seeded test images the responses are measured on
     per_channel: bool = False  # also take each layer's std per channel, then the mean
-
-    @field_validator("every")
-    @classmethod
-    def _non_negative(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError(f"must be 0 or more, got {value}")
-        return value
-
-    @field_validator("images")
-    @classmethod
-    def _positive(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"must be at least 1, got {value}")
-        return value
 
 
 class RunConfig(_Section):
@@ -261,6 +218,34 @@ class RunConfig(_Section):
     schedule: ScheduleConfig = ScheduleConfig()
     run: RunSettings = RunSettings()
     analysis: AnalysisConfig = AnalysisConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _num_classes_follow_dataset(cls, raw: Any) -> Any:
+        """An unset (or null) model.num_classes becomes the class count of data.dataset."""
+        if not isinstance(raw, dict):
+            return raw
+        data, model = raw.get("data") or {}, raw.get("model", {})
+        dataset = data.get("dataset") if isinstance(data, dict) else getattr(data, "dataset", None)
+        classes = NUM_CLASSES.get(dataset or "cifar10") if isinstance(dataset, str | None) else None
+        if classes is None:  # an unknown dataset is reported as data.dataset
+            return raw
+        if isinstance(model, dict) and model.get("num_classes") is None:
+            return {**raw, "model": {**model, "num_classes": classes}}
+        if isinstance(model, ModelConfig) and "num_classes" not in model.model_fields_set:
+            return {**raw, "model": model.model_copy(update={"num_classes": classes})}
+        return raw
+
+    @model_validator(mode="after")
+    def _num_classes_match_dataset(self) -> RunConfig:
+        classes = NUM_CLASSES[self.data.dataset]
+        if self.model.num_classes != classes:
+            raise ValueError(
+                f"model.num_classes: {self.model.num_classes} contradicts data.dataset: {self.data.dataset}, "
+                f"which has {classes} classes; remove model.num_classes (it follows the dataset) "
+                f"or set it to {classes}"
+            )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -288,16 +273,28 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+MAX_SEEDS = 1000  # a typo like --seeds 1000000 should not queue a million runs
+
+
 def parse_seeds(seeds: str) -> list[int]:
-    """`3` means seeds 0, 1, 2; `0,4,7` means those seeds."""
+    """`3` means seeds 0, 1, 2; `0,4,7` means those seeds. Duplicates and negatives are refused."""
+    what = f"--seeds {_clip(seeds)}"
     try:
         values = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
-        raise ConfigError(f"--seeds {seeds!r}: expected a count (3) or a list (0,1,2)") from None
+        raise ConfigError(f"{what}: expected a count (3) or a list (0,1,2)") from None
     if "," not in seeds and len(values) == 1:
-        if values[0] < 1:
-            raise ConfigError(f"--seeds {seeds!r}: a count must be at least 1")
+        if not 1 <= values[0] <= MAX_SEEDS:
+            raise ConfigError(f"{what}: a count must be between 1 and {MAX_SEEDS}")
         return list(range(values[0]))
+    if not values or len(values) > MAX_SEEDS:
+        raise ConfigError(f"{what}: expected 1 to {MAX_SEEDS} seeds, e.g. --seeds 0,1,2")
+    if min(values) < 0:
+        raise ConfigError(f"{what}: seeds are 0 or more")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        seeds_text = "s" * (len(repeated) > 1) + " " + ", ".join(map(str, repeated))
+        raise ConfigError(f"{what}: repeats seed{seeds_text}; give each seed once")
     return values
 
 
@@ -322,13 +319,17 @@ def preset_names() -> list[str]:
 
 def resolve_path(name_or_path: str | Path) -> Path:
     """A path that exists, else a bundled config by name (`resnet56`, `resnet56.yaml`)."""
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        if (path / "config.yaml").is_file():  # a run directory
-            return path / "config.yaml"
-        raise ConfigError(f"{path} is a directory with no config.yaml in it")
+    try:
+        path = Path(name_or_path).expanduser()
+        if path.is_file():
+            return path
+        if path.is_dir():
+            if (path / "config.yaml").is_file():  # a run directory
+                return path / "config.yaml"
+            raise ConfigError(f"{path} is a directory with no config.yaml in it")
+    except (OSError, RuntimeError) as err:  # a name too long for the file system, ~unknown-user, ...
+        why = getattr(err, "strerror", None) or err
+        raise ConfigError(f"cannot look up a config named {_clip(str(name_or_path))}: {why}") from None
     stem = path.name.removesuffix(".yaml").removesuffix(".yml")
     bundled = configs_dir() / f"{stem}.yaml"
     if bundled.is_file() and len(path.parts) <= 2:  # `resnet56`, `resnet56.yaml`, `configs/resnet56.yaml`
@@ -337,7 +338,7 @@ def resolve_path(name_or_path: str | Path) -> Path:
     close = difflib.get_close_matches(stem, names, n=3)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
     raise ConfigError(
-        f"no config named {str(name_or_path)!r}{hint}\n"
+        f"no config named {_clip(str(name_or_path))}{hint}\n"
         f"It is not a file here, nor a bundled config. Bundled configs: {', '.join(names)}"
     )
 
@@ -359,7 +360,7 @@ def load(
     for override in overrides:
         _apply_override(raw, override)
     if not isinstance(raw.get("run", {}), dict):
-        raise ConfigError(f"{path}: run: must be a mapping, got {raw['run']!r}")
+        raise ConfigError(f"{path}: run: must be a mapping, got {_clip(raw['run'])}")
     run = raw.setdefault("run", {})
     if not run.get("name"):
         suffix = f"-{preset}" if preset and preset != "paper" else ""
@@ -380,22 +381,32 @@ def validate(raw: Any, source: str = "config") -> RunConfig:
         ) from None
 
 
+_BOUNDS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
 def _describe(error: Any) -> str:
     loc = tuple(str(p) for p in error["loc"])
-    where = ".".join(loc) or "(top level)"
+    msg = error["msg"].removeprefix("Value error, ")
+    if not loc:  # a rule across sections: its message names the keys
+        return msg
+    where = _cut(".".join(loc))
     if error["type"] == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
+        allowed = list(_section(loc[:-1]).model_fields)
         close = difflib.get_close_matches(loc[-1], allowed, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         return f"{where}: unknown key; {hint}allowed: {', '.join(allowed)}"
-    msg = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
+    if error["type"] in _BOUNDS:
+        return f"{where}: {_allowed_range(_section(loc[:-1]).model_fields[loc[-1]])}, got {_clip(value)}"
+    if error["type"] == "finite_number":
+        msg = "must be a finite number"
     if error["type"] != "value_error" and not isinstance(value, dict):
-        msg += f" (got {value!r})"
+        msg += f" (got {_clip(value)})"
     return f"{where}: {msg}"
 
 
-def _allowed_keys(loc: tuple[str, ...]) -> list[str]:
+def _section(loc: tuple[str, ...]) -> type[BaseModel]:
+    """The section model at a dotted location, e.g. ('schedule', 'warmup') -> WarmupConfig."""
     model: type[BaseModel] = RunConfig
     for key in loc:
         annotation = model.model_fields[key].annotation
@@ -404,14 +415,43 @@ def _allowed_keys(loc: tuple[str, ...]) -> list[str]:
             for a in (annotation, *getattr(annotation, "__args__", ()))
             if isinstance(a, type) and issubclass(a, BaseModel)
         )
-    return list(model.model_fields)
+    return model
+
+
+def _allowed_range(field: FieldInfo) -> str:
+    """A field's bounds in words: "must be positive", "must be 0 or more", "must be in [0, 1)"."""
+    b = {k: getattr(m, k) for m in field.metadata for k in ("gt", "ge", "lt", "le") if hasattr(m, k)}
+    low = f"({b['gt']}" if "gt" in b else f"[{b['ge']}" if "ge" in b else "(-inf"
+    high = f"{b['lt']})" if "lt" in b else f"{b['le']}]" if "le" in b else ""
+    if high:
+        return f"must be in {low}, {high}"
+    named = {"(0": "must be positive", "[0": "must be 0 or more"}
+    return named.get(low, f"must be {'at least' if low[0] == '[' else 'more than'} {low[1:]}")
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 80, 80
+
+
+def _clip(value: Any) -> str:
+    """A bounded repr: a YAML alias bomb echoed in full would exhaust memory."""
+    return _cut(_SHORT.repr(value))
+
+
+def _cut(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path} is not a YAML text file: byte {err.start} is not UTF-8. Give a config written as "
+            "UTF-8 text, e.g. a copy of configs/resnet20.yaml"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as err:
@@ -419,7 +459,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise ConfigError(f"{where}: YAML syntax error: {err.problem or err.context}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: YAML error: {err}") from None
+        raise ConfigError(f"{path}: YAML error: {_cut(str(err))}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply to be a config") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -437,18 +479,21 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     if base is None:
         return data
     if not isinstance(base, str):
-        raise ConfigError(f"{path}: _base_ must be a file name, got {base!r}")
+        raise ConfigError(f"{path}: _base_ must be a file name, got {_clip(base)}")
     base_path = path.parent / base
-    if not base_path.is_file():
+    try:
+        found = base_path.is_file()
+    except OSError as err:  # e.g. a name too long for the file system
+        raise ConfigError(f"{path}: _base_ {_clip(base)}: {err.strerror}") from None
+    if not found:
         raise ConfigError(f"{path}: _base_ file {base_path} does not exist")
     return _merge(_read_with_bases(base_path, (*chain, path)), data)
 
 
 def _read_preset(preset: str) -> dict[str, Any]:
-    path = configs_dir() / "presets" / f"{preset}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"no preset named {preset!r}; presets: {', '.join(preset_names())}")
-    return _read_yaml(path)
+    if preset not in preset_names():  # a name, never a path: `../x` must not reach outside presets/
+        raise ConfigError(f"no preset named {_clip(preset)}; presets: {', '.join(preset_names())}")
+    return _read_yaml(configs_dir() / "presets" / f"{preset}.yaml")
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -465,17 +510,18 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 def _apply_override(raw: dict[str, Any], override: str) -> None:
     """`a.b=value` sets raw['a']['b'], the value parsed as YAML (`1e-3`, `[1, 2]`, `null`)."""
     key, sep, text = override.partition("=")
+    what = f"--set {_clip(override)}"
     if not sep or not key.strip():
-        raise ConfigError(f"--set {override!r}: expected KEY=VALUE, e.g. --set optim.lr=0.05")
+        raise ConfigError(f"{what}: expected KEY=VALUE, e.g. --set optim.lr=0.05")
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {override!r}: {text!r} is not a valid YAML value") from None
+    except (yaml.YAMLError, RecursionError):
+        raise ConfigError(f"{what}: the value after '=' is not valid YAML") from None
     *parents, leaf = key.strip().split(".")
     node = raw
     for i, part in enumerate(parents):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {override!r}: {'.'.join(parents[: i + 1])} is not a section")
+            raise ConfigError(f"{what}: {'.'.join(parents[: i + 1])} is not a section")
         node = child
     node[leaf] = value

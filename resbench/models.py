@@ -188,8 +188,12 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32)) -> int:
-    """Forward multiply-accumulates per image over Conv2d and Linear (BN, ReLU, pool and adds excluded)."""
+    """Forward multiply-accumulates per image over Conv2d and Linear (BN, ReLU, pool and adds excluded).
+
+    Counts in eval mode, so BN statistics stay untouched, then gives every module back the mode it had.
+    """
     total = 0
+    modes = [(m, m.training) for m in model.modules()]
 
     def conv_hook(m: nn.Conv2d, inp: tuple[Tensor], out: Tensor) -> None:
         nonlocal total
@@ -210,6 +214,8 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32))
     finally:
         for h in handles:
             h.remove()
+        for m, training in modes:
+            m.training = training
     return total
 
 

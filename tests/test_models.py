@@ -73,6 +73,13 @@ def test_option_c_depth20() -> None:
     assert describe(cfg(20, shortcut="C")).params == 283_962
 
 
+@pytest.mark.parametrize("num_classes", [10, 100])
+def test_the_classifier_has_num_classes_outputs(num_classes: int) -> None:
+    arch = describe(cfg(20, num_classes=num_classes))
+    assert arch.output_shape == (num_classes,)
+    assert arch.params == PARAMS_A[20] + 65 * (num_classes - 10)  # fc: 64 weights + 1 bias per class
+
+
 def test_width_multiplier_scales_planes() -> None:
     model = build_model(cfg(20, width=32))
     assert model.fc.in_features == 128
@@ -84,6 +91,18 @@ def test_mac_counter_on_a_hand_counted_net() -> None:
         torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.Flatten(), torch.nn.Linear(8 * 32 * 32, 10)
     )
     assert count_macs(net) == 32 * 32 * 8 * 3 * 9 + 8 * 32 * 32 * 10
+
+
+@pytest.mark.parametrize("mode", ["train", "eval", "mixed"])
+def test_count_macs_gives_back_the_mode_it_found_and_the_bn_statistics(mode: str) -> None:
+    model = build_model(cfg(8)).train(mode == "train")
+    if mode == "mixed":
+        model.stage2.eval()
+    before = {name: m.training for name, m in model.named_modules()}
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
+    count_macs(model)
+    assert {name: m.training for name, m in model.named_modules()} == before
+    assert all(torch.equal(v, stats[k]) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize("block", ["basic", "bottleneck"])
