@@ -9,6 +9,8 @@ Holds:
   It wins over the files beside it: delete it (or run prepare again) after changing them.
 - `Batches`: endless training batches with the §4.2 augmentation (pad 4, random 32x32 crop, flip) as
   batched tensor ops on the device: no DataLoader, no PIL and no host sync per step.
+- `Data.fingerprint`: a checksum of the loaded images and labels, so a resumed run can tell that
+  the files under the same `data.root` were replaced.
 - `prepare(src, root)`: `resbench data prepare --from SRC`.
 
 No training loop here, and nothing prints: warnings travel in `Data.notes` for the CLI to show.
@@ -16,6 +18,7 @@ No training loop here, and nothing prints: warnings travel in `Data.notes` for t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -34,7 +37,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from resbench.config import DataConfig, ResbenchError
-from resbench.files import atomic_open
+from resbench.files import atomic_open, describe
 
 
 class DataError(ResbenchError):
@@ -56,6 +59,10 @@ CIFAR100_CLASSES = tuple(  # the fine labels in official order (which is alphabe
 )
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _CACHE_VERSION = 1  # bump when the cache's contents change; an older cache is then rebuilt
+# A 32x32 PNG or JPEG takes a few KB; a member claiming more is not a CIFAR image and is refused
+# before it is read (a small .tar.gz can hold a multi-GB member of zeros).
+_MAX_IMAGE_BYTES = 1 << 20
+_MAX_ARCHIVE_MEMBER_BYTES = 1 << 30  # the official archives' largest member is 155 MB (CIFAR-100 train)
 
 
 class _Spec(NamedTuple):
@@ -117,6 +124,7 @@ class Data:
     source: str  # what was loaded from where
     official: bool  # every file matched torchvision's md5 sums
     notes: tuple[str, ...]  # warnings for the CLI to print
+    fingerprint: str  # sha256 of every image and label loaded, before the val split (hex, 16 digits)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, 32, 32) -> float32 (x/255 - mean) / std."""
@@ -144,10 +152,11 @@ def build_data(cfg: DataConfig, device: torch.device | str) -> Data:
     spec = _SPECS[cfg.dataset]
     root = Path(cfg.root).expanduser()
     cache = root / f"resbench-{spec.key}.npz"
-    arrays = _read_cache(cache) if cache.is_file() else None
+    arrays = _read_cache(cache, spec) if cache.is_file() else None
     if arrays is None:
         arrays = _find(spec, root, cfg.download)
-        _write_cache(cache, arrays)
+        with contextlib.suppress(OSError):  # a read-only or full root: run without the cache
+            _write_cache(cache, arrays)
     else:
         arrays = arrays._replace(source=f"{arrays.source} (cached in {cache})")
     return _to_device(arrays, spec, cfg, torch.device(device))
@@ -203,7 +212,18 @@ def _to_device(arrays: _Arrays, spec: _Spec, cfg: DataConfig, device: torch.devi
         source=arrays.source,
         official=arrays.official,
         notes=arrays.notes,
+        fingerprint=_fingerprint(arrays),
     )
+
+
+def _fingerprint(arrays: _Arrays) -> str:
+    """What was loaded, not where from: the same images and labels give the same value from any form.
+    sha256 takes about 0.1 s for CIFAR's 184 MB."""
+    digest = hashlib.sha256()
+    for a in (arrays.train_x, arrays.train_y.astype(np.int64), arrays.test_x, arrays.test_y.astype(np.int64)):
+        digest.update(str(a.shape).encode())
+        digest.update(np.ascontiguousarray(a).data)
+    return digest.hexdigest()[:16]
 
 
 def _split(x: np.ndarray, y: np.ndarray, device: torch.device) -> Split:
@@ -230,7 +250,7 @@ def _statistics(x: np.ndarray, normalize: str) -> tuple[torch.Tensor, torch.Tens
 # The cache
 
 
-def _read_cache(path: Path) -> _Arrays | None:
+def _read_cache(path: Path, spec: _Spec) -> _Arrays | None:
     """The cached arrays; None for an older cache version, which is then rebuilt."""
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -244,37 +264,51 @@ def _read_cache(path: Path) -> _Arrays | None:
                 tuple(str(s) for s in z["notes"]),
             )
     except Exception as err:  # a torn or foreign file: name it rather than let numpy's error escape
-        raise DataError(f"{path} is not a readable resbench cache ({err}); delete it to rebuild it") from None
-    return _checked(arrays, path)
+        raise DataError(f"{path} is not a readable resbench cache ({err}); {_REBUILD_CACHE}") from None
+    return _checked(arrays, spec, path, _REBUILD_CACHE)
 
 
-def _write_cache(path: Path, arrays: _Arrays) -> bool:
-    """Write atomically (a crash leaves no torn cache). False where root is read-only or full."""
-    try:
-        with atomic_open(path, "wb") as f:
-            np.savez(
-                f,
-                version=np.int64(_CACHE_VERSION),
-                train_x=arrays.train_x,
-                train_y=arrays.train_y,
-                test_x=arrays.test_x,
-                test_y=arrays.test_y,
-                source=np.str_(arrays.source),
-                official=np.bool_(arrays.official),
-                notes=np.array(arrays.notes, dtype=str),
-            )
-        return True
-    except OSError:  # run without the cache
-        return False
+_REBUILD_CACHE = (
+    "delete it: the next start rebuilds it from the files beside it, or run resbench data prepare again"
+)
 
 
-def _checked(arrays: _Arrays, where: Path | str) -> _Arrays:
-    for x, y in ((arrays.train_x, arrays.train_y), (arrays.test_x, arrays.test_y)):
+def _write_cache(path: Path, arrays: _Arrays) -> None:
+    """Write atomically: a crash or a full disk leaves no torn cache (files.WriteError, an OSError)."""
+    with atomic_open(path, "wb") as f:
+        np.savez(
+            f,
+            version=np.int64(_CACHE_VERSION),
+            train_x=arrays.train_x,
+            train_y=arrays.train_y,
+            test_x=arrays.test_x,
+            test_y=arrays.test_y,
+            source=np.str_(arrays.source),
+            official=np.bool_(arrays.official),
+            notes=np.array(arrays.notes, dtype=str),
+        )
+
+
+def _checked(arrays: _Arrays, spec: _Spec, where: Path, fix: str) -> _Arrays:
+    """Refuse what would train wrongly or crash later: the shapes, dtypes and label range of both splits."""
+    classes = len(spec.classes)
+    for split, x, y in (("train", arrays.train_x, arrays.train_y), ("test", arrays.test_x, arrays.test_y)):
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (3, 32, 32) or y.shape != (len(x),):
-            raise DataError(
-                f"{where}: expected uint8 images (N, 3, 32, 32) and N labels, got "
-                f"{x.dtype} {x.shape} and {y.shape}; delete it and prepare the data again"
+            problem = (
+                f"expected uint8 {split} images (N, 3, 32, 32) and N labels, got {x.dtype} {x.shape} "
+                f"and {y.shape}"
             )
+        elif not len(x):
+            problem = f"the {split} split is empty"
+        elif not np.issubdtype(y.dtype, np.integer):  # float labels would be truncated silently
+            problem = f"the {split} labels are {y.dtype}, not integers"
+        elif y.min() < 0 or y.max() >= classes:
+            problem = (
+                f"the {split} labels run from {y.min()} to {y.max()}, outside {spec.name}'s 0..{classes - 1}"
+            )
+        else:
+            continue
+        raise DataError(f"{where}: {problem}; {fix}")
     return arrays
 
 
@@ -325,15 +359,16 @@ def _read_batch(path: Path, spec: _Spec) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
             batch = _NumpyUnpickler(f, encoding="latin1").load()
-        x, y = batch["data"], np.asarray(batch[spec.label_key], dtype=np.int64)
+        x, y = batch["data"], np.asarray(batch[spec.label_key])  # dtype kept: float labels are refused
     except Exception as err:  # truncated, foreign or not a pickle: many exception types, one message
         raise DataError(
             f"{path} is not a readable {spec.name} pickle ({type(err).__name__}: {err})"
         ) from None
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
         raise DataError(f"{path}: expected uint8 data of shape (N, 3072), got {getattr(x, 'shape', type(x))}")
-    if y.shape != (len(x),) or not ((y >= 0) & (y < len(spec.classes))).all():
-        raise DataError(f"{path}: expected {len(x)} labels in 0..{len(spec.classes) - 1}")
+    integers = y.shape == (len(x),) and np.issubdtype(y.dtype, np.integer)
+    if not integers or not ((y >= 0) & (y < len(spec.classes))).all():
+        raise DataError(f"{path}: expected {len(x)} integer labels in 0..{len(spec.classes) - 1}")
     return x.reshape(-1, 3, 32, 32), y
 
 
@@ -360,7 +395,8 @@ def _read_pickles(spec: _Spec, folder: Path) -> _Arrays:
             "rebuilt copy?); loading them anyway. Results are comparable only with runs on the same copy.",
         )
     source = f"{spec.folder} pickles in {folder.parent}/"
-    return _checked(_Arrays(train_x, train_y, test_x, test_y, source, official, notes), folder)
+    arrays = _Arrays(train_x, train_y, test_x, test_y, source, official, notes)
+    return _checked(arrays, spec, folder, "replace it with a good copy (resbench data prepare --from PATH)")
 
 
 def _read_official_archive(spec: _Spec, archive: Path, root: Path) -> _Arrays:
@@ -397,13 +433,24 @@ def _extract(archive: Path, root: Path, folder: str) -> None:
                         raise DataError(
                             f"{archive}: refusing to extract {m.name!r} (absolute path, '..' or link)"
                         )
+                    _check_size(archive, m.name, m.size, _MAX_ARCHIVE_MEMBER_BYTES)
                 safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
                 tar.extractall(tmp, members=members, **safe)
             if not (Path(tmp) / folder).is_dir():
                 raise DataError(f"{archive} holds no {folder}/ folder")
             os.replace(Path(tmp) / folder, root / folder)
     except (tarfile.TarError, OSError, EOFError) as err:  # gzip reports truncation as EOFError
-        raise DataError(f"cannot extract {archive} into {root}: {err}") from None
+        reason = describe(err) if isinstance(err, OSError) else err
+        raise DataError(f"cannot extract {archive} into {root}: {reason}") from None
+
+
+def _check_size(where: Path, name: str, size: int, limit: int) -> None:
+    """Refuse a file or archive member by the size it declares, before reading it."""
+    if size > limit:
+        raise DataError(
+            f"{where}: {name} claims {size:,} bytes, more than the {limit:,} a CIFAR file can need; "
+            "this is not a CIFAR copy. Use the official archive or an image-folder copy of 32x32 images."
+        )
 
 
 def _download(spec: _Spec, root: Path) -> _Arrays:
@@ -434,13 +481,18 @@ class _Image(NamedTuple):
 
 def _read_image_tree(spec: _Spec, root: Path) -> _Arrays:
     images = [
-        _Image(split, class_dir.name, f.name, str(f), f.read_bytes())
+        _Image(split, class_dir.name, f.name, str(f), _read_image_file(f))
         for split in ("train", "test")
         for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir() and p.name[0] != ".")
         for f in sorted(class_dir.iterdir())
         if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
     ]
     return _decode(spec, images, f"image folders train/ + test/ in {root}/", root)
+
+
+def _read_image_file(path: Path) -> bytes:
+    _check_size(path.parent, path.name, path.stat().st_size, _MAX_IMAGE_BYTES)
+    return path.read_bytes()
 
 
 def _read_image_archive(spec: _Spec, archive: Path) -> _Arrays | None:
@@ -457,6 +509,7 @@ def _read_image_archive(spec: _Spec, archive: Path) -> _Arrays | None:
                     and parts[-1].lower().endswith(IMAGE_SUFFIXES)
                     and not parts[-1].startswith(".")
                 ):
+                    _check_size(archive, m.name, m.size, _MAX_IMAGE_BYTES)
                     data = tar.extractfile(m).read()  # type: ignore[union-attr]
                     images.append(_Image(parts[-3], parts[-2], parts[-1], f"{archive}:{m.name}", data))
     except (tarfile.TarError, OSError, EOFError) as err:
@@ -609,18 +662,39 @@ class Batches:
 def prepare(src: Path | None, root: Path, dataset: str = "cifar10") -> str:
     """Copy or extract `src` into `root` where `build_data` finds it, then write the cache.
 
-    With no `src`, download the official archive with torchvision's downloader.
+    With no `src`, download the official archive with torchvision's downloader. Whatever fails (bad
+    data, a full disk, a read-only root, Ctrl-C), `root` is left holding what it held before.
     """
     if dataset not in _SPECS:
         raise DataError(f"unknown dataset {dataset!r}; choose from {', '.join(_SPECS)}")
     spec, root = _SPECS[dataset], Path(root).expanduser()
-    if src is None:
-        arrays, did = _download(spec, root), f"downloaded {spec.name} to {root / spec.folder}"
-    else:
-        arrays, did = _copy_in(spec, Path(src).expanduser(), root)
+    forms = (
+        f"the official {spec.archive}, a {spec.folder} folder, an image-folder tree "
+        "(train/ and test/) or a .tar.gz of one"
+    )
+    if src is not None and not Path(src).expanduser().exists():
+        raise DataError(f"{src} does not exist; --from takes {forms}")
+    before = set(root.iterdir()) if root.is_dir() else set()
     cache = root / f"resbench-{spec.key}.npz"
-    if not _write_cache(cache, arrays):
-        raise DataError(f"cannot write {cache}; is {root} writable?")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if src is None:
+            arrays, did = _download(spec, root), f"downloaded {spec.name} to {root / spec.folder}"
+        else:
+            arrays, did = _place_and_read(spec, Path(src).expanduser(), root, forms)
+        _write_cache(cache, arrays)
+    except BaseException as err:
+        for path in set(root.iterdir()) - before if root.is_dir() else ():
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise DataError(
+                f"cannot prepare {spec.name} in {root}: {describe(err)}. Nothing of it was kept there; "
+                "free some space or choose a writable --root, then run it again."
+            ) from None
+        raise
     status = "official files" if arrays.official else "not the official files: see the note at training"
     return (
         f"{did}; {len(arrays.train_y):,} training + {len(arrays.test_y):,} test images "
@@ -628,48 +702,23 @@ def prepare(src: Path | None, root: Path, dataset: str = "cifar10") -> str:
     )
 
 
-def _copy_in(spec: _Spec, src: Path, root: Path) -> tuple[_Arrays, str]:
-    """Put `src` into `root`; whatever this copied is removed again if the data turns out bad."""
-    forms = (
-        f"the official {spec.archive}, a {spec.folder} folder, an image-folder tree "
-        "(train/ and test/) or a .tar.gz of one"
-    )
-    if not src.exists():
-        raise DataError(f"{src} does not exist; --from takes {forms}")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataError(f"cannot create {root}: {err.strerror}") from None
-
-    placed: list[Path] = []
-    try:
-        return _place_and_read(spec, src, root, placed, forms)
-    except DataError:
-        for path in placed:
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-        raise
-
-
-def _place_and_read(
-    spec: _Spec, src: Path, root: Path, placed: list[Path], forms: str
-) -> tuple[_Arrays, str]:
+def _place_and_read(spec: _Spec, src: Path, root: Path, forms: str) -> tuple[_Arrays, str]:
     """Put `src` where `build_data` looks for it and read it from there; returns (arrays, what was done)."""
     is_archive = src.is_file() and src.name.endswith((".tar.gz", ".tgz"))
     if src.is_dir() and ((src / spec.folder).is_dir() or (src / spec.train_files[0]).is_file()):
         folder = src / spec.folder if (src / spec.folder).is_dir() else src
-        _place(folder, root / spec.folder, shutil.copytree, placed)
+        _place(folder, root / spec.folder, shutil.copytree)
         return _read_pickles(spec, root / spec.folder), f"copied {folder} to {root / spec.folder}"
     if src.is_dir() and (src / "train").is_dir() and (src / "test").is_dir():
         for split in ("train", "test"):
-            _place(src / split, root / split, shutil.copytree, placed)
+            _place(src / split, root / split, shutil.copytree)
         return _read_image_tree(spec, root), f"copied the image folders of {src} to {root}"
     if is_archive and _first_folder(src) == spec.folder:
         if (root / spec.folder).exists():
             raise DataError(f"{root / spec.folder} already exists; remove it to prepare again from {src}")
-        placed.append(root / spec.folder)
         return _read_official_archive(spec, src, root), f"extracted {src} to {root / spec.folder}"
     if is_archive:
-        _place(src, root / src.name, shutil.copy2, placed)
+        _place(src, root / src.name, shutil.copy2)
         arrays = _read_image_archive(spec, root / src.name)
         if arrays is None:
             raise DataError(f"{src} holds neither {spec.folder}/ nor train/ + test/ image folders")
@@ -677,13 +726,12 @@ def _place_and_read(
     raise DataError(f"{src} is not a form resbench reads; --from takes {forms}")
 
 
-def _place(src: Path, dest: Path, copy: Callable[[Path, Path], Any], placed: list[Path]) -> None:
+def _place(src: Path, dest: Path, copy: Callable[[Path, Path], Any]) -> None:
     """Copy `src` to `dest`, unless it is already there; never overwrite other data."""
     if dest.exists() and dest.resolve() == src.resolve():
         return
     if dest.exists():
         raise DataError(f"{dest} already exists; remove it to prepare again from {src}")
-    placed.append(dest)
     copy(src, dest)
 
 

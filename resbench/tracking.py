@@ -11,6 +11,9 @@ A run lives in `runs/<name>/seed<k>/`:
 
 The training loop sends every side effect through a `Tracker`. The base class does nothing (the
 null twin), `RunFiles` writes the files above, and the CLI adds a console tracker of its own.
+
+Every failure to read or write these files is a `RunDirError` naming the file and the fix, and never
+deletes anything: a damaged file is refused, not replaced, and a full disk keeps the last checkpoint.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,15 +38,32 @@ import torch
 import resbench
 from resbench.checkpoint import CHECKPOINT, changed_keys
 from resbench.config import ConfigError, ResbenchError, RunConfig, flatten, load, validate
-from resbench.files import atomic_write
+from resbench.data import DataError
+from resbench.files import atomic_write, describe
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+ENV = "env.json"
 LOCK = ".lock"
 
 
 class RunDirError(ResbenchError):
+    """A run directory that cannot be used as asked: busy, occupied, damaged or not writable."""
+
     exit_code = 1
+
+
+@contextmanager
+def _writing(run_dir: Path) -> Iterator[None]:
+    """Turn an OSError (a full disk, a read-only folder, a file in the way) into one message."""
+    try:
+        yield
+    except OSError as err:
+        raise RunDirError(
+            f"cannot write the run directory {run_dir} ({describe(err)}). Free some space or make it "
+            "writable, or choose another --runs-dir. Nothing in it was deleted: --resume continues from "
+            "its last checkpoint, if it has one."
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -80,9 +101,10 @@ class RunLock:
     file left behind by a killed run is stale by construction and never blocks `--resume`."""
 
     def __init__(self, run_dir: Path, wait: bool = False) -> None:
-        run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / LOCK
-        self._file: IO[str] | None = open(self.path, "a+")
+        with _writing(run_dir):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self._file: IO[str] | None = open(self.path, "a+")
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -119,32 +141,39 @@ def run_state(run_dir: Path) -> str:
 def prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> bool:
     """Check what `run_dir` holds against what was asked; returns True if training resumes from last.pt.
 
-    Call it holding the run's lock. `force` wipes the directory and starts over.
+    Call it holding the run's lock. `force` wipes the directory and starts over; nothing else deletes.
     """
     state = run_state(run_dir)
     if force and state != "empty":
-        for path in run_dir.iterdir():
-            if path.name != LOCK:
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        with _writing(run_dir):
+            for path in run_dir.iterdir():
+                if path.name != LOCK:
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         state = "empty"
     if state == "finished":
         raise RunDirError(
             f"{run_dir} already holds a finished run (summary.json).\n"
             "Use --force to train it again from scratch, or change run.name, run.seed or --runs-dir."
         )
-    if state in ("unfinished", "started") and not resume:
-        what = (
-            "an unfinished run with a checkpoint"
-            if state == "unfinished"
-            else "files of a run that stopped early"
-        )
+    if state == "started":  # its metrics describe weights that were never saved
         raise RunDirError(
-            f"{run_dir} already holds {what}.\n"
+            f"{run_dir} holds a run that stopped before its first checkpoint ({CHECKPOINT}): there is "
+            "nothing to resume.\nStart it again from scratch, which deletes its metrics and events, with: "
+            f"{rerun_command(run_dir, '--force')}"
+        )
+    if state == "unfinished" and not resume:
+        raise RunDirError(
+            f"{run_dir} already holds an unfinished run with a checkpoint.\n"
             "Use --resume to continue it, or --force to start it again from scratch."
         )
-    if state == "started":  # killed before its first checkpoint: nothing to continue from
-        return prepare_run_dir(run_dir, resume=False, force=True)
     return state == "unfinished"
+
+
+def rerun_command(run_dir: Path, flag: str) -> str:
+    """The command that trains this run directory again with `flag` (--resume or --force)."""
+    runs_dir = run_dir.parent.parent  # run_dir is RUNS_DIR/NAME/seedK
+    where = "" if runs_dir == Path("runs") else f" --runs-dir {runs_dir}"
+    return f"resbench train --config {run_dir / 'config.yaml'}{where} {flag}"
 
 
 def check_same_config(run_dir: Path, cfg: RunConfig, saved: dict[str, Any] | None = None) -> None:
@@ -154,16 +183,31 @@ def check_same_config(run_dir: Path, cfg: RunConfig, saved: dict[str, Any] | Non
     if changed := changed_keys(saved_cfg.to_dict(), cfg.to_dict()):
         raise ConfigError(
             f"{run_dir} was trained with another config: it differs in {', '.join(changed)}. "
-            "Restore those values, or start the run again with --force."
+            "Restore those values; or keep both runs by giving this config a directory of its own "
+            "(--set run.name=NAME, or another --runs-dir); or train it again from scratch with "
+            "`resbench train --force`."
+        )
+
+
+def check_same_data(run_dir: Path, cfg: RunConfig, saved: Mapping[str, Any] | None, fingerprint: str) -> None:
+    """Refuse to continue a checkpoint (`saved`) on other images than it was trained on: the path
+    data.root is compared as config, its contents by `Data.fingerprint`. A fresh start passes."""
+    recorded = saved.get("data_fingerprint") if saved is not None else None  # None before it was saved
+    if recorded is not None and recorded != fingerprint:
+        raise DataError(
+            f"{run_dir} was trained on other data: the {cfg.data.dataset} images and labels now under "
+            f"data.root={cfg.data.root} (fingerprint {fingerprint}) are not those its checkpoint was "
+            f"trained on ({recorded}). Put the original data back there, or start the run again on "
+            "this data with --force."
         )
 
 
 def write_run_files(run_dir: Path, cfg: RunConfig, env: Mapping[str, Any]) -> None:
     """config.yaml, and env.json with one entry per start or resume."""
-    atomic_write(run_dir / "config.yaml", cfg.to_yaml())
-    env_path = run_dir / "env.json"
-    history: list[Any] = json.loads(env_path.read_text()).get("starts", []) if env_path.exists() else []
-    atomic_write(env_path, json.dumps({**env, "starts": [*history, dict(env)]}, indent=2) + "\n")
+    history = read_env(run_dir).get("starts", [])
+    with _writing(run_dir):
+        atomic_write(run_dir / "config.yaml", cfg.to_yaml())
+        atomic_write(run_dir / ENV, json.dumps({**env, "starts": [*history, dict(env)]}, indent=2) + "\n")
 
 
 def environment(device: torch.device, precision: str) -> dict[str, Any]:
@@ -214,15 +258,110 @@ def _git_commit() -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
+# --------------------------------------------------------------------------------------------
+# Reading a run's records back: a damaged file is a RunDirError naming it, never a traceback
+
+
+def _damaged(path: Path, problem: str, fix: str) -> RunDirError:
+    return RunDirError(f"{path} is damaged: {problem}. {fix}")
+
+
+_RETRAIN = "Restore it from a copy, or train the run again with --force."
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")  # binary garbage then fails as a bad record, by line
+    except OSError as err:
+        raise RunDirError(f"cannot read {describe(err)}") from None
+
+
+def _read_json(path: Path, fix: str) -> dict[str, Any]:
+    try:
+        value = json.loads(_read_text(path))
+    except ValueError as err:
+        raise _damaged(path, f"not JSON ({err})", fix) from None
+    if not isinstance(value, dict):
+        raise _damaged(path, f"a JSON {type(value).__name__}, not an object", fix)
+    return value
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl, one dict per log point; [] where there is none."""
     path = run_dir / METRICS
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _parse_metrics(path, _read_text(path)) if path.exists() else []
+
+
+_RECORD = '{"iteration": '  # how every line RunFiles.log writes begins
+
+
+def _parse_metrics(path: Path, text: str, torn_tail_ok: bool = False) -> list[dict[str, Any]]:
+    """Each line a JSON object with an integer iteration and numbers. `torn_tail_ok` drops the start
+    of a record cut short by a kill mid-write (on resume it is logged again)."""
+    records = []
+    lines = text.splitlines(keepends=True)
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if (
+            isinstance(record, dict)
+            and type(record.get("iteration")) is int
+            and all(isinstance(v, (int, float)) for v in record.values())
+        ):
+            records.append(record)
+        elif torn_tail_ok and number == len(lines) and not line.endswith("\n") and line.startswith(_RECORD):
+            break
+        else:
+            raise _damaged(path, f"line {number} is not a metrics record: {line.strip()[:80]!r}", _RETRAIN)
+    return records
+
+
+_SUMMARY_TYPES = {  # Summary's annotations -> the JSON values that may stand for them
+    "str": (str,),
+    "int": (int,),
+    "float": (int, float),
+    "float | None": (int, float, type(None)),
+}
 
 
 def read_summary(run_dir: Path) -> Summary:
-    return Summary(**json.loads((run_dir / SUMMARY).read_text()))
+    """summary.json; keys a newer resbench added are ignored."""
+    path = run_dir / SUMMARY
+    fix = (
+        "Restore it, or delete it and run with --resume: the final checkpoint writes it again "
+        f"({rerun_command(run_dir, '--resume')})."
+    )
+    values = _read_json(path, fix)
+    known = {f.name: f for f in fields(Summary)}
+    missing = [n for n, f in known.items() if n not in values and f.default is MISSING]
+    wrong = [
+        n
+        for n, v in values.items()
+        if n in known and (isinstance(v, bool) or not isinstance(v, _SUMMARY_TYPES[str(known[n].type)]))
+    ]
+    if missing or wrong:
+        problems = ([f"missing {', '.join(missing)}"] if missing else []) + (
+            [f"wrong type for {', '.join(wrong)}"] if wrong else []
+        )
+        raise _damaged(path, "; ".join(problems), fix)
+    return Summary(**{n: v for n, v in values.items() if n in known})
+
+
+def read_env(run_dir: Path) -> dict[str, Any]:
+    """env.json: the versions and command of the latest start, and every start in `starts`; {} if none."""
+    path = run_dir / ENV
+    if not path.exists():
+        return {}
+    fix = "Restore it, or delete it: it only records the versions and commands of the earlier starts."
+    env = _read_json(path, fix)
+    starts = env.get("starts", [])
+    if not isinstance(starts, list) or not all(isinstance(s, dict) for s in starts):
+        raise _damaged(path, "'starts' is not a list of objects", fix)
+    return env
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,6 +385,9 @@ class Tracker:
 
     def histograms(self, iteration: int, values: Mapping[str, Any]) -> None:
         """Per-layer vectors (tensors) at an analysis point, e.g. analysis/responses."""
+
+    def flush(self) -> None:
+        """Make what was logged so far durable; called before each checkpoint is written."""
 
     def finish(self, summary: Summary) -> None:
         pass
@@ -280,6 +422,10 @@ class Trackers(Tracker):
         for t in self.trackers:
             t.histograms(iteration, values)
 
+    def flush(self) -> None:
+        for t in self.trackers:
+            t.flush()
+
     def finish(self, summary: Summary) -> None:
         for t in self.trackers:
             t.finish(summary)
@@ -303,13 +449,14 @@ class RunFiles(Tracker):
         _truncate_metrics(self.run_dir / METRICS, start_iteration)
         if start_iteration:
             _wait_for_a_later_second(self.run_dir)
-        # purge_step drops events logged after the checkpoint, so a resumed curve has no duplicate tail
-        self.writer = SummaryWriter(
-            str(self.run_dir), purge_step=start_iteration + 1 if start_iteration else None
-        )
-        if start_iteration == 0:
-            self._write_hparams(cfg)
-        self.metrics = open(self.run_dir / METRICS, "a")
+        with _writing(self.run_dir):
+            # purge_step drops events logged after the checkpoint, so a resumed curve has no duplicate tail
+            self.writer = SummaryWriter(
+                str(self.run_dir), purge_step=start_iteration + 1 if start_iteration else None
+            )
+            if start_iteration == 0:
+                self._write_hparams(cfg)
+            self.metrics = open(self.run_dir / METRICS, "a")
 
     def _write_hparams(self, cfg: RunConfig) -> None:
         """HParams in this run's own directory (SummaryWriter.add_hparams would make a sub-run)."""
@@ -323,30 +470,38 @@ class RunFiles(Tracker):
             self.writer.file_writer.add_summary(summary)
 
     def log(self, iteration: int, metrics: Mapping[str, float]) -> None:
-        for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value, iteration)
-        self.metrics.write(json.dumps({"iteration": iteration, **metrics}) + "\n")
+        with _writing(self.run_dir):
+            for tag, value in metrics.items():
+                self.writer.add_scalar(tag, value, iteration)
+            self.metrics.write(json.dumps({"iteration": iteration, **metrics}) + "\n")
         if any(tag.startswith(("error/test", "error/val")) for tag in metrics):  # flush at every eval
             self.flush()
 
     def histograms(self, iteration: int, values: Mapping[str, Any]) -> None:
-        for tag, value in values.items():
-            self.writer.add_histogram(tag, value, iteration)
+        with _writing(self.run_dir):
+            for tag, value in values.items():
+                self.writer.add_histogram(tag, value, iteration)
 
     def flush(self) -> None:
-        self.writer.flush()
-        self.metrics.flush()
-        os.fsync(self.metrics.fileno())
+        with _writing(self.run_dir):
+            self.writer.flush()
+            self.metrics.flush()
+            os.fsync(self.metrics.fileno())
 
     def finish(self, summary: Summary) -> None:
-        atomic_write(self.run_dir / SUMMARY, json.dumps(asdict(summary), indent=2) + "\n")
+        with _writing(self.run_dir):
+            atomic_write(self.run_dir / SUMMARY, json.dumps(asdict(summary), indent=2) + "\n")
 
     def close(self) -> None:
+        """Flush and close; the files are closed even where the flush fails (a full disk)."""
         if self.writer is not None:
-            self.flush()
-            self.writer.close()
-            self.metrics.close()
-            self.writer = self.metrics = None
+            try:
+                self.flush()
+            finally:
+                writer, metrics, self.writer, self.metrics = self.writer, self.metrics, None, None
+                with _writing(self.run_dir):
+                    writer.close()
+                    metrics.close()
 
 
 def _wait_for_a_later_second(run_dir: Path) -> None:
@@ -365,7 +520,9 @@ def _truncate_metrics(path: Path, start_iteration: int) -> None:
     """Drop lines logged after the checkpoint we resume from (they will be logged again)."""
     if not path.exists():
         return
-    lines = path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if line.strip() and json.loads(line)["iteration"] <= start_iteration]
-    if len(kept) != len(lines):
-        atomic_write(path, "".join(kept))
+    text = _read_text(path)
+    records = _parse_metrics(path, text, torn_tail_ok=True)
+    kept = "".join(json.dumps(r) + "\n" for r in records if r["iteration"] <= start_iteration)
+    if kept != text:  # the same format RunFiles.log writes: unchanged lines stay byte-identical
+        with _writing(path.parent):
+            atomic_write(path, kept)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import gzip
 import io
 import os
 import pickle
@@ -10,7 +12,10 @@ import tarfile
 import tempfile
 import time
 import urllib.error
+from collections.abc import Callable
+from dataclasses import astuple
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -203,20 +208,6 @@ def test_prepare_without_a_source_downloads_and_caches(
     assert_holds_pickle_order(load(tmp_path / "data"), tiny)
 
 
-def test_prepare_says_when_the_cache_cannot_be_written(
-    tmp_path: Path, tiny: Tiny, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    class FakeCIFAR10(torchvision.datasets.CIFAR10):
-        def __init__(self, root: str, train: bool, download: bool) -> None:
-            write_pickles(Path(root), tiny)
-
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
-    monkeypatch.setattr("resbench.data._write_cache", lambda path, arrays: False)
-    for source in (None, write_pickles(tmp_path / "src", tiny)):
-        with pytest.raises(DataError, match=r"cannot write .*resbench-cifar10\.npz"):
-            prepare(source, tmp_path / f"data-{source is None}")
-
-
 def test_a_failed_download_is_a_data_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     class OfflineCIFAR10(torchvision.datasets.CIFAR10):
         def __init__(self, *args: object, **kwargs: object) -> None:
@@ -268,6 +259,72 @@ def test_an_older_cache_version_is_rebuilt(tmp_path: Path, tiny: Tiny) -> None:
     np.savez(tmp_path / "resbench-cifar10.npz", version=np.int64(0))
     assert_holds_pickle_order(load(tmp_path), tiny)
     assert int(np.load(tmp_path / "resbench-cifar10.npz")["version"]) == data_mod._CACHE_VERSION
+
+
+def _arrays(tiny: Tiny, **changes: np.ndarray) -> data_mod._Arrays:
+    arrays = data_mod._Arrays(tiny.train_x, tiny.train_y, tiny.test_x, tiny.test_y, "tiny", False, ())
+    return arrays._replace(**changes)
+
+
+BAD_CACHES = {  # what is wrong -> (a change to the tiny set's arrays, what the message says)
+    "label-too-large": (lambda t: {"train_y": np.where(t.train_y == 9, 10, t.train_y)}, "run from 0 to 10"),
+    "label-negative": (lambda t: {"test_y": t.test_y - 1}, "run from -1 to 8"),
+    "float-labels": (lambda t: {"train_y": t.train_y + 0.5}, "labels are float64, not integers"),
+    "float-images": (lambda t: {"test_x": t.test_x.astype(np.float32)}, "expected uint8 test images"),
+    "channels-last": (lambda t: {"train_x": t.train_x.transpose(0, 2, 3, 1)}, "(N, 3, 32, 32)"),
+    "label-count": (lambda t: {"train_y": t.train_y[:-1]}, "and N labels"),
+    "empty-test": (lambda t: {"test_x": t.test_x[:0], "test_y": t.test_y[:0]}, "the test split is empty"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CACHES)
+def test_a_cache_that_would_train_wrongly_is_refused_when_it_loads(
+    tmp_path: Path, tiny: Tiny, case: str
+) -> None:
+    change, problem = BAD_CACHES[case]
+    cache = tmp_path / "resbench-cifar10.npz"
+    data_mod._write_cache(cache, _arrays(tiny, **change(tiny)))
+    with pytest.raises(DataError) as err:
+        load(tmp_path)
+    assert str(err.value).startswith(f"{cache}: ") and problem in str(err.value)
+    assert "delete it" in str(err.value) and "resbench data prepare" in str(err.value)
+
+
+def test_float_labels_in_a_pickle_are_refused_not_truncated(tmp_path: Path, tiny: Tiny) -> None:
+    folder = write_pickles(tmp_path, tiny)
+    batch = pickle.loads((folder / "test_batch").read_bytes())
+    batch["labels"] = [label + 0.5 for label in batch["labels"]]
+    (folder / "test_batch").write_bytes(pickle.dumps(batch))
+    with pytest.raises(DataError, match=re.escape(f"{folder / 'test_batch'}: expected 20 integer labels")):
+        load(tmp_path)
+
+
+def test_the_fingerprint_follows_the_images_and_labels_not_the_form(tmp_path: Path, tiny: Tiny) -> None:
+    write_pickles(tmp_path / "a", tiny)
+    from_files, from_cache = load(tmp_path / "a"), load(tmp_path / "a")
+    assert "cached" in from_cache.source and from_files.fingerprint == from_cache.fingerprint
+    assert load(tmp_path / "a", val_size=5).fingerprint == from_files.fingerprint  # taken before the split
+    assert re.fullmatch("[0-9a-f]{16}", from_files.fingerprint)
+    one_pixel = tiny.train_x.copy()
+    one_pixel[3, 1, 2, 3] ^= 1
+    one_label = tiny.test_y.copy()
+    one_label[[0, 1]] = one_label[[1, 0]]
+    for changed in (
+        Tiny(one_pixel, tiny.train_y, tiny.test_x, tiny.test_y),
+        Tiny(*astuple(tiny)[:3], one_label),
+    ):
+        root = write_pickles(tmp_path / f"b{len(list(tmp_path.iterdir()))}", changed).parent
+        assert load(root).fingerprint != from_files.fingerprint
+
+
+def test_the_fingerprint_of_cifar_size_data_costs_well_under_a_second() -> None:
+    cifar = data_mod._Arrays(
+        np.full((50_000, 3, 32, 32), 7, np.uint8), np.zeros(50_000, np.int64),
+        np.full((10_000, 3, 32, 32), 7, np.uint8), np.zeros(10_000, np.int64), "", False, (),
+    )  # fmt: skip
+    start = time.perf_counter()
+    data_mod._fingerprint(cifar)
+    assert time.perf_counter() - start < 1.0  # about 0.1 s on one core of a 2-core EPYC
 
 
 # --------------------------------------------------------------------------------------------
@@ -435,7 +492,7 @@ def crafted(n: int) -> Data:
     rows, cols = torch.meshgrid(torch.arange(32) * 8, torch.arange(32) * 8, indexing="ij")
     image = torch.stack([rows, cols, torch.full_like(rows, 255)]).to(torch.uint8)
     split = Split(image.expand(n, 3, 32, 32).contiguous(), torch.arange(n))
-    return Data(split, split, None, torch.zeros(1, 1, 1), torch.ones(1, 1, 1), 10, "crafted", False, ())
+    return Data(split, split, None, torch.zeros(1, 1, 1), torch.ones(1, 1, 1), 10, "crafted", False, (), "")
 
 
 def test_augmentation_crops_and_flips_every_way() -> None:
@@ -543,6 +600,127 @@ def test_prepare_removes_what_it_copied_when_the_data_is_bad(tmp_path: Path, tin
     Image.new("RGB", (8, 8)).save(tree / "test" / "cat" / "9999.png")
     with pytest.raises(DataError, match="is 8x8"):
         prepare(tree, tmp_path / "data")
+    assert os.listdir(tmp_path / "data") == []
+
+
+def _enospc() -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _half_then_enospc(src: Path, dest: Path, *args: object, **kwargs: object) -> None:
+    """A copy that runs out of space halfway, leaving a truncated file, as a full disk does."""
+    dest = Path(dest)
+    if Path(src).is_dir():
+        (dest / "cat").mkdir(parents=True)
+        dest = dest / "cat" / "0000.png"
+        src = next(Path(src).rglob("*.*"))
+    dest.write_bytes(Path(src).read_bytes()[: Path(src).stat().st_size // 2])
+    raise _enospc()
+
+
+def _extract_half_then_enospc(self: tarfile.TarFile, path: str, *args: object, **kwargs: object) -> None:
+    (Path(path) / "cifar-10-batches-py").mkdir()
+    (Path(path) / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"\x80\x02}q")
+    raise _enospc()
+
+
+def _savez_half_then_enospc(f: io.BufferedWriter, **arrays: object) -> None:
+    f.write(b"PK\x03\x04 half a cache")
+    raise _enospc()
+
+
+FAULTS = {  # (source form, what runs out of space): the function that fails, and its stand-in
+    ("pickle-folder", "copy"): ("shutil.copytree", _half_then_enospc),
+    ("image-tree", "copy"): ("shutil.copytree", _half_then_enospc),
+    ("image-archive", "copy"): ("shutil.copy2", _half_then_enospc),
+    ("official-archive", "extract"): ("tarfile.TarFile.extractall", _extract_half_then_enospc),
+    ("image-archive", "cache"): ("numpy.savez", _savez_half_then_enospc),
+    ("download", "cache"): ("numpy.savez", _savez_half_then_enospc),
+}
+
+
+@pytest.mark.parametrize(("form", "step"), FAULTS, ids=["-".join(k) for k in FAULTS])
+def test_a_full_disk_during_prepare_leaves_root_as_it_was(
+    tmp_path: Path, tiny: Tiny, monkeypatch: pytest.MonkeyPatch, form: str, step: str
+) -> None:
+    class FakeCIFAR10(torchvision.datasets.CIFAR10):
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            write_pickles(Path(root), tiny)
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    src = None if form == "download" else SOURCES[form][0](tmp_path, tiny)
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "notes.txt").write_text("mine")  # what root held before must stay
+    target, fault = FAULTS[form, step]
+    with monkeypatch.context() as m:
+        m.setattr(target, fault)
+        with pytest.raises(DataError) as err:
+            prepare(src, root)
+    message = str(err.value)
+    assert "No space left on device" in message and str(root) in message
+    if step != "extract":  # extraction names the archive it could not extract instead
+        assert f"cannot prepare CIFAR-10 in {root}" in message and "--root" in message
+    assert sorted(os.listdir(root)) == ["notes.txt"] and (root / "notes.txt").read_text() == "mine"
+    assert "40 training + 20 test images" in prepare(src, root)  # nothing left in the way of a retry
+
+
+def test_a_read_only_root_fails_prepare_cleanly_through_the_cli(
+    cli: Callable[..., Any], tmp_path: Path, tiny: Tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / "data" / "train"))
+
+    monkeypatch.setattr("shutil.copytree", read_only)
+    result = cli(
+        "data", "prepare", "--from", write_image_tree(tmp_path / "png", tiny), "--root", tmp_path / "data"
+    )
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # a message, no traceback
+    assert "Read-only file system" in result.output and "--root" in result.output
+    assert os.listdir(tmp_path / "data") == []
+
+
+def _huge_member_archive(path: Path, tiny: Tiny) -> Path:
+    """An image-folder .tar.gz whose first image claims 5 GiB in its header, with 1 KB behind it:
+    what a multi-GB member of zeros looks like before it is read."""
+    huge = tarfile.TarInfo("cifar10-png/train/cat/0000.png")
+    huge.size = 5 << 30
+    with tempfile.TemporaryDirectory() as tmp:
+        write_image_archive(Path(tmp) / "rest.tar.gz", tiny)
+        with tarfile.open(Path(tmp) / "rest.tar.gz") as rest:
+            members = [(m, rest.extractfile(m).read() if m.isfile() else b"") for m in rest.getmembers()]
+    with gzip.open(path, "wb") as f:
+        f.write(huge.tobuf(tarfile.GNU_FORMAT) + bytes(1024))
+        for m, data in members:
+            f.write(m.tobuf(tarfile.GNU_FORMAT) + data + bytes(-len(data) % 512))
+    return path
+
+
+def test_an_archive_member_claiming_gigabytes_is_refused_before_it_is_read(
+    tmp_path: Path, tiny: Tiny
+) -> None:
+    archive = _huge_member_archive(tmp_path / "bomb.tar.gz", tiny)
+    with pytest.raises(DataError, match=r"cifar10-png/train/cat/0000\.png claims 5,368,709,120 bytes"):
+        prepare(archive, tmp_path / "data")
+    assert os.listdir(tmp_path / "data") == []
+    with pytest.raises(DataError, match="claims 5,368,709,120 bytes, more than the 1,048,576"):
+        load(archive.parent)  # the same archive found by build_data in data.root
+
+
+def test_a_huge_file_in_an_image_tree_is_refused_before_it_is_read(tmp_path: Path, tiny: Tiny) -> None:
+    tree = write_image_tree(tmp_path / "data", tiny)
+    with open(tree / "train" / "cat" / "9999.png", "wb") as f:
+        f.truncate(3 << 30)  # sparse: 3 GiB by its size, nothing on disk
+    with pytest.raises(DataError, match=r"9999\.png claims 3,221,225,472 bytes"):
+        load(tree)
+
+
+def test_an_official_archive_member_past_the_cap_is_refused(
+    tmp_path: Path, tiny: Tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(data_mod, "_MAX_ARCHIVE_MEMBER_BYTES", 1000)  # the tiny pickles are larger
+    with pytest.raises(DataError, match=r"data_batch_1 claims [\d,]+ bytes, more than the 1,000"):
+        prepare(official_archive(tmp_path, tiny), tmp_path / "data")
     assert os.listdir(tmp_path / "data") == []
 
 

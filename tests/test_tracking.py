@@ -1,15 +1,36 @@
-"""tracking.py: run-directory states and refusals, the lock, env.json and metrics truncation."""
+"""tracking.py: run-directory states and refusals, the lock, env.json and metrics truncation, damaged
+or unwritable run files, and the data fingerprint checked on resume."""
 
+import errno
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
+from data_fixtures import tiny_set, write_pickles
 
 from resbench import config
-from resbench.tracking import RunDirError, RunLock, prepare_run_dir, run_dir_for, run_state, write_run_files
+from resbench.tracking import (
+    RunDirError,
+    RunLock,
+    Tracker,
+    prepare_run_dir,
+    read_env,
+    read_metrics,
+    read_summary,
+    run_dir_for,
+    run_state,
+    write_run_files,
+)
+from resbench.train import train
 
 
 @pytest.fixture
@@ -30,9 +51,11 @@ def test_states_and_refusals(tmp_path: Path, cfg: config.RunConfig) -> None:
     run.mkdir()
     (run / "metrics.jsonl").write_text("")
     assert run_state(run) == "started"
-    with pytest.raises(RunDirError, match=r"(?s)--resume.*--force"):
-        prepare_run_dir(run, resume=False, force=False)
-    assert prepare_run_dir(run, resume=True, force=False) is False  # nothing to resume: start over
+    for resume in (False, True):  # killed before its first checkpoint: nothing to resume, nothing deleted
+        with pytest.raises(RunDirError, match=r"(?s)before its first checkpoint.*nothing to resume.*--force"):
+            prepare_run_dir(run, resume=resume, force=False)
+        assert (run / "metrics.jsonl").exists()
+    assert prepare_run_dir(run, resume=True, force=True) is False
     assert run_state(run) == "empty"
     (run / "last.pt").write_bytes(b"x")
     assert run_state(run) == "unfinished"
@@ -85,3 +108,264 @@ def test_env_json_keeps_every_start(tmp_path: Path, cfg: config.RunConfig) -> No
     env = json.loads((tmp_path / "env.json").read_text())
     assert env["command"] == "second" and [s["command"] for s in env["starts"]] == ["first", "second"]
     assert config.load(tmp_path / "config.yaml") == cfg
+
+
+# --------------------------------------------------------------------------------------------
+# Through `resbench train`: a tiny run stopped after its checkpoint at iteration 4 of 8
+
+TINY = [
+    "model.depth=8",
+    "model.width=4",
+    "optim.batch_size=16",
+    "schedule.iterations=8",
+    "schedule.milestones=[6]",
+    "run.log_every=2",
+    "run.eval_every=4",
+    "run.checkpoint_every=4",
+    "run.device=cpu",
+    "data.root=data",  # relative: each test works in its own copy of the stopped run
+]
+RUN = Path("runs/resnet20/seed0")
+
+
+class Killed(Exception):
+    pass
+
+
+class KillAfter(Tracker):
+    """Ends the process's training after an iteration, as a kill would: last.pt is the checkpoint before."""
+
+    def __init__(self, iteration: int) -> None:
+        self.iteration = iteration
+
+    def step(self, iteration: int) -> None:
+        if iteration == self.iteration:
+            raise Killed
+
+
+@contextmanager
+def inside(folder: Path) -> Iterator[Path]:
+    cwd = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield folder
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding data/ (tiny CIFAR-10 pickles) and runs/resnet20/seed0 stopped at iteration 5."""
+    base = tmp_path_factory.mktemp("stopped")
+    write_pickles(base / "data", tiny_set())
+    with inside(base), pytest.raises(Killed):
+        train(config.load("resnet20", TINY), RUN, KillAfter(5))
+    return base
+
+
+@pytest.fixture(scope="module")
+def finished_run(stopped_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stopped run, resumed to its end."""
+    base = tmp_path_factory.mktemp("finished") / "run"
+    shutil.copytree(stopped_run, base)
+    with inside(base):
+        train(config.load("resnet20", TINY), RUN, resume=True)
+    return base
+
+
+@pytest.fixture
+def work(stopped_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the stopped run, as the current directory."""
+    shutil.copytree(stopped_run, tmp_path / "work")
+    monkeypatch.chdir(tmp_path / "work")
+    return tmp_path / "work"
+
+
+def resume(cli: Callable[..., Any], *extra: str) -> Any:
+    return cli("train", "-c", "resnet20", *[a for s in TINY for a in ("--set", s)], "--quiet", *extra)
+
+
+def snapshot(run: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"
+    }
+
+
+def refused(result: Any, *words: str) -> None:
+    """Exit 1 with one message holding `words`, not a traceback."""
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    for word in words:
+        assert word in result.output, (word, result.output)
+
+
+def test_resume_on_other_data_under_the_same_root_is_refused(cli: Callable[..., Any], work: Path) -> None:
+    saved = torch.load(RUN / "last.pt", weights_only=True)
+    assert read_env(RUN)["data_fingerprint"] == saved["data_fingerprint"]  # recorded in both places
+    before = snapshot(RUN)
+    original = Path("data").rename("original")
+    write_pickles(Path("data"), tiny_set(seed=1))  # the same data.root, other images
+    refused(resume(cli, "--resume"), "trained on other data", "data.root=data", "--force")
+    assert snapshot(RUN) == before
+    shutil.rmtree("data")
+    original.rename("data")
+    result = resume(cli, "--resume")
+    assert result.exit_code == 0, result.output
+    assert read_summary(RUN).iterations == 8
+
+
+def test_resume_without_a_checkpoint_is_refused_and_deletes_nothing(
+    cli: Callable[..., Any], work: Path
+) -> None:
+    (RUN / "last.pt").unlink()
+    before = snapshot(RUN)
+    assert {"metrics.jsonl", "env.json", "config.yaml"} <= before.keys()
+    result = resume(cli, "--resume")
+    refused(
+        result, "before its first checkpoint", "nothing to resume", f"--config {RUN / 'config.yaml'} --force"
+    )
+    assert snapshot(RUN) == before
+
+
+def _garbage_line(run: Path) -> None:
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run / "metrics.jsonl").write_text("".join([*lines[:2], "{not json\n", *lines[2:]]))
+
+
+def _binary(path: Path) -> Callable[[Path], None]:
+    return lambda run: (run / path).write_bytes(b"\x80\xff\x00 binary")
+
+
+DAMAGED = {  # a damage done to the stopped run -> what the refusal of --resume says
+    "metrics-garbage-line": (_garbage_line, "metrics.jsonl is damaged: line 3 is not a metrics record"),
+    "metrics-binary": (_binary(Path("metrics.jsonl")), "metrics.jsonl is damaged: line 1"),
+    "metrics-not-an-object": (
+        lambda run: (run / "metrics.jsonl").write_text("[1, 2]\n"),
+        "metrics.jsonl is damaged: line 1",
+    ),
+    "env-not-json": (lambda run: (run / "env.json").write_text("{"), "env.json is damaged: not JSON"),
+    "env-binary": (_binary(Path("env.json")), "env.json is damaged: not JSON"),
+    "env-a-list": (lambda run: (run / "env.json").write_text("[]"), "env.json is damaged: a JSON list"),
+    "env-starts": (
+        lambda run: (run / "env.json").write_text('{"starts": 3}'),
+        "env.json is damaged: 'starts' is not a list",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED)
+def test_a_damaged_run_file_refuses_resume_and_is_kept(
+    cli: Callable[..., Any], work: Path, damage: str
+) -> None:
+    do, message = DAMAGED[damage]
+    do(RUN)
+    before = snapshot(RUN)
+    refused(resume(cli, "--resume"), message, "Restore it")
+    after = snapshot(RUN)
+    if not damage.startswith("env"):  # env.json may have recorded the start that was then refused
+        starts = json.loads(before["env.json"])["starts"]
+        assert json.loads(after.pop("env.json"))["starts"][: len(starts)] == starts
+        before.pop("env.json")
+    assert after == before
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(cli: Callable[..., Any], work: Path) -> None:
+    whole = read_metrics(RUN)
+    with open(RUN / "metrics.jsonl", "a") as f:
+        f.write('{"iteration": 6, "error/tr')  # a kill -9 mid-write, after the checkpoint
+    with pytest.raises(RunDirError, match=f"line {len(whole) + 1} is not a metrics record"):
+        read_metrics(RUN)  # outside a resume, a torn line is damage
+    assert resume(cli, "--resume").exit_code == 0
+    metrics = read_metrics(RUN)
+    assert metrics[: len(whole)] == whole
+    assert [m["iteration"] for m in metrics if "error/train" in m] == [2, 4, 6, 8]
+
+
+SUMMARIES = {  # summary.json as found -> what the message says
+    "not-json": ("{", "not JSON"),
+    "a-list": ("[]", "a JSON list, not an object"),
+    "missing": ('{"name": "resnet20"}', "missing seed, iterations, train_error"),
+    "wrong-type": (None, "wrong type for test_error"),
+}
+
+
+@pytest.mark.parametrize("case", SUMMARIES)
+def test_a_damaged_summary_is_named_and_the_final_checkpoint_writes_it_again(
+    cli: Callable[..., Any], finished_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    shutil.copytree(finished_run, tmp_path / "work")
+    monkeypatch.chdir(tmp_path / "work")
+    good = json.loads((RUN / "summary.json").read_text())
+    text, message = SUMMARIES[case]
+    (RUN / "summary.json").write_text(text if text is not None else json.dumps(good | {"test_error": "12%"}))
+    with pytest.raises(RunDirError, match=message):
+        read_summary(RUN)
+    refused(resume(cli, "--resume"), "summary.json is damaged", message, "delete it and run with --resume")
+    (RUN / "summary.json").unlink()
+    assert resume(cli, "--resume").exit_code == 0
+    again = json.loads((RUN / "summary.json").read_text())
+    assert {k: v for k, v in again.items() if k != "wall_time"} == {
+        k: v for k, v in good.items() if k != "wall_time"
+    }
+
+
+def test_a_summary_from_a_newer_resbench_with_extra_keys_still_reads(tmp_path: Path) -> None:
+    fields = {"name": "r", "seed": 0, "iterations": 1, "train_error": 1, "train_loss": 1.0, "test_error": 2.0}
+    fields |= {
+        "test_loss": 1.0,
+        "val_error": None,
+        "val_loss": None,
+        "params": 1,
+        "macs": 1,
+        "wall_time": 1.0,
+    }
+    fields |= {"images_per_sec": 1.0, "device": "cpu", "precision": "fp32", "added_later": [1]}
+    (tmp_path / "summary.json").write_text(json.dumps(fields))
+    assert read_summary(tmp_path).test_error == 2.0 and read_summary(tmp_path).test_samples == 0
+
+
+def _fail_with(errno_: int) -> Callable[..., None]:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise OSError(errno_, os.strerror(errno_))
+
+    return fail
+
+
+UNWRITABLE = {  # what is wrong -> (how to make it so, extra arguments, what the message says)
+    "runs-dir-is-a-file": (
+        lambda m: Path("runs-file").write_text("mine"),
+        ["--runs-dir", "runs-file"],
+        "Not a directory",
+    ),
+    "read-only": (
+        lambda m: m.setattr(os, "mkdir", _fail_with(errno.EROFS)),
+        ["--runs-dir", "fresh"],
+        "Read-only file system",
+    ),
+    "disk-full-at-start": (
+        lambda m: m.setattr(os, "fsync", _fail_with(errno.ENOSPC)),
+        ["--resume"],
+        "config.yaml: No space left",
+    ),
+    "disk-full-at-checkpoint": (
+        lambda m: m.setattr(torch, "save", _fail_with(errno.ENOSPC)),
+        ["--resume"],
+        "last.pt: No space left",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", UNWRITABLE)
+def test_an_unwritable_run_directory_fails_cleanly_and_deletes_nothing(
+    cli: Callable[..., Any], work: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    make, extra, reason = UNWRITABLE[case]
+    before = snapshot(work)
+    with monkeypatch.context() as m:
+        make(m)
+        result = resume(cli, *extra)
+    refused(result, "cannot write", reason, "--runs-dir")
+    after = snapshot(work)
+    kept = {k: v for k, v in after.items() if k in before and not k.endswith(("metrics.jsonl", "env.json"))}
+    assert before.keys() <= after.keys() and kept == {k: before[k] for k in kept}  # last.pt above all
+    if case == "disk-full-at-checkpoint":  # the run went on to its end, then could not save it
+        assert "runs/resnet20/seed0/summary.json" not in after
