@@ -8,6 +8,7 @@ into a checkpoint is decided by `train.py`; this module only moves it to and fro
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,13 @@ from resbench.files import atomic_open
 
 CHECKPOINT = "last.pt"
 
-# Keys that may change between a run and its resume without changing what is computed.
+# Keys that may change between a run and its resume without changing what is computed. run.device
+# only where it resolves to the same device type (auto -> cuda): train.py checks it.
 RESUMABLE_CHANGES = frozenset(
     {
         "run.device",
         "run.compile",
+        "run.deterministic",
         "run.checkpoint_every",
         "analysis.every",
         "analysis.images",
@@ -41,17 +44,47 @@ def save(state: dict[str, Any], path: Path) -> None:
         torch.save(state, f)
 
 
-def load(path: Path) -> dict[str, Any]:
+class Saved(dict[str, Any]):
+    """A loaded checkpoint. A key it lacks is a `CheckpointError` naming the file, not a KeyError."""
+
+    def __init__(self, path: Path, state: dict[str, Any]) -> None:
+        super().__init__(state)
+        self.path = path
+
+    def __missing__(self, key: str) -> Any:
+        raise CheckpointError(_unreadable(self.path, f"it lacks {key!r}"))
+
+
+def load(path: Path) -> Saved:
     """Read a checkpoint onto the CPU, or say clearly why it cannot be read."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a foreign pickle just before it refuses it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}: nothing to resume") from None
-    except Exception as err:  # torch raises many kinds for a truncated or foreign file
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a resbench checkpoint ({type(err).__name__}: "
-            f"{str(err).splitlines()[0][:200]}).\nRestore a good copy, or start the run again with --force."
-        ) from None
+    except Exception as err:  # torch raises many kinds for an empty, truncated or foreign file
+        raise CheckpointError(_unreadable(path, _why(path, err))) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(_unreadable(path, f"it holds a {type(state).__name__}, not a run's state"))
+    return Saved(path, state)
+
+
+def _unreadable(path: Path, why: str) -> str:
+    return (
+        f"checkpoint {path} is corrupt or not a resbench checkpoint: {why}.\n"
+        "Restore a good copy of it, or train the run again with --force (resbench keeps no older checkpoint)."
+    )
+
+
+def _why(path: Path, err: Exception) -> str:
+    if "weights only load failed" in str(err).lower():
+        # not torch's message: it advises weights_only=False, which would run whatever the file holds
+        return "it holds more than tensors and plain values, so it was refused (unpickling could run code)"
+    if path.stat().st_size == 0:
+        return "it is empty (0 bytes)"
+    first = str(err).strip().split(". ")[0][:200]
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
 def changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -5,7 +5,9 @@ collectives the training loop needs. Without torchrun everything here is a no-op
 
 Rank r of W trains on slice r of every global batch (data.Batches draws the same permutation and
 augmentation on every rank), so `optim.batch_size` stays the global batch of §4.2. Gradients are
-averaged by DistributedDataParallel; losses, errors and evaluation counts are summed here.
+averaged by DistributedDataParallel; losses and errors are summed here. DDP keeps the parameters
+equal on every rank, but each rank updates its BN running statistics from its own slice, so before
+an evaluation or a checkpoint every rank takes rank 0's buffers: what is evaluated is what is saved.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,11 @@ def setup(d: Dist, device: torch.device) -> bool:
     """Join the process group (NCCL on CUDA, gloo on CPU); True if this call created it."""
     if not d.enabled or dist.is_initialized():
         return False
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=d.rank, world_size=d.world_size)
+    cuda = device.type == "cuda"
+    # device_id binds NCCL to this rank's GPU at once, instead of guessing it at the first collective
+    dist.init_process_group(
+        "nccl" if cuda else "gloo", rank=d.rank, world_size=d.world_size, device_id=device if cuda else None
+    )
     return True
 
 
@@ -74,6 +81,15 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     t = torch.tensor(int(flag), device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def broadcast_buffers(model: nn.Module) -> None:
+    """Rank 0's buffers (BN running statistics) on every rank, so that every rank holds the model
+    rank 0 saves. DDP broadcasts them only before a training forward, which then updates them again
+    from each rank's own slice of the batch."""
+    if dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def broadcast_int(value: int, device: torch.device) -> int:

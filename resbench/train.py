@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from resbench.tracking import (
     Tracker,
     Trackers,
     check_same_config,
+    check_same_data,
     environment,
     prepare_run_dir,
     read_summary,
@@ -51,7 +53,7 @@ class Interrupted(ResbenchError):
 
 
 class Diverged(ResbenchError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss, the weights or the BN statistics became NaN or infinite; earlier checkpoints are kept."""
 
     exit_code = 1
 
@@ -78,8 +80,8 @@ def resolve_device(name: str, d: Dist = distributed.SINGLE) -> torch.device:
 
 
 def native_bf16(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # Ampere (8.0) and later; is_bf16_supported() also counts emulation
+        return torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type == "cpu":  # AVX512-BF16 or AMX; elsewhere bf16 is emulated and slower than fp32
         cpu = getattr(torch, "cpu", None)
         return bool(
@@ -95,6 +97,26 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "bf16" and device.type == "mps":
         raise ConfigError("run.precision bf16 is not supported on mps; use fp32 or auto")
     return precision
+
+
+def set_kernels(device: torch.device, deterministic: bool) -> dict[str, bool]:
+    """Choose the CUDA kernels; returns the settings for env.json.
+
+    TF32 is off: a run that says fp32 computes in fp32 (cuDNN would otherwise use TF32 convs on
+    Ampere and later), and bf16 autocast is the fast path. `deterministic` trades cudnn.benchmark's
+    fastest kernels for reproducible ones, so that a resumed GPU run can match one done in one go.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic  # fixed shapes: pick once
+    if deterministic:  # cuBLAS reads this when it starts, i.e. before the first matmul of the process
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    return {
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+    }
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
@@ -181,27 +203,26 @@ def evaluate(
     batch_size: int = 1000,
 ) -> tuple[float, float, int]:
     """Mean loss, error (%) and image count of the model in eval mode over a whole split, one view
-    per image. Under DDP each rank takes a contiguous shard: every image counts exactly once."""
+    per image. Under DDP every rank holds rank 0's model and takes a share of the whole batches;
+    the per-batch sums are added in one fixed order, so the numbers are, to the bit, those of one
+    process evaluating that model (`resbench evaluate` checks it)."""
     model.eval()
     device = split.labels.device
-    loss_sum = torch.zeros((), device=device)
-    wrong = torch.zeros((), dtype=torch.long, device=device)
-    mine = distributed.shard(len(split), d)
-    images_all, labels_all = split.images[mine], split.labels[mine]
-    for start in range(0, len(labels_all), batch_size):
-        images = data.normalize(images_all[start : start + batch_size]).contiguous(
-            memory_format=torch.channels_last
-        )
-        labels = labels_all[start : start + batch_size]
+    starts = range(0, len(split), batch_size)
+    losses = torch.zeros(len(starts), device=device)
+    wrong = torch.zeros(len(starts), dtype=torch.long, device=device)
+    for i in range(len(starts))[distributed.shard(len(starts), d)]:
+        batch = slice(starts[i], starts[i] + batch_size)
+        images = data.normalize(split.images[batch]).contiguous(memory_format=torch.channels_last)
+        labels = split.labels[batch]
         with amp:
             logits = model(images)
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
-        wrong += (logits.argmax(dim=1) != labels).sum()
-    count = torch.tensor(len(labels_all), device=device)
-    distributed.all_sum(loss_sum, wrong, count)
+        losses[i] = F.cross_entropy(logits.float(), labels, reduction="sum")
+        wrong[i] = (logits.argmax(dim=1) != labels).sum()
+    distributed.all_sum(losses, wrong)  # each batch is non-zero on one rank only: the sum is exact
     model.train()
-    n = int(count.item())
-    return loss_sum.item() / n, 100.0 * wrong.item() / n, n
+    n = len(split)
+    return losses.sum().item() / n, 100.0 * wrong.sum().item() / n, n
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,6 +251,27 @@ def stop_requests() -> Iterator[list[str]]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def check_same_hardware(saved: dict[str, Any], cfg: RunConfig, device: torch.device, precision: str) -> None:
+    """A run resumes on the device type and in the precision it started with, whatever `auto`
+    resolves to on this machine."""
+    # Checkpoints from before device_type was saved hold a cuda_rng exactly when they ran on CUDA.
+    was = saved.get("device_type") or ("cpu" if saved["cuda_rng"] is None else "cuda")
+    if was != device.type:
+        raise ConfigError(
+            f"run.device: this run was trained on {was} and would resume on {device.type}. Its batch "
+            f"order and augmentation come from a {was} random generator, which a {device.type} "
+            f"generator cannot continue with the same draws. Resume with --device {was}, or start "
+            "the run again with --force."
+        )
+    if saved["precision"] != precision:  # the key is the same, so it is `auto` on other hardware
+        raise ConfigError(
+            f"run.precision: this run was trained in {saved['precision']}, and run.precision "
+            f"{cfg.run.precision} gives {precision} on this {device.type}; a run must not switch "
+            f"precision halfway. Resume it where {cfg.run.precision} gives {saved['precision']}, or "
+            "start the run again with --force."
+        )
 
 
 def resume_command(run_dir: Path) -> str:
@@ -303,12 +345,14 @@ def _train(
         raise ConfigError("run.sync_bn needs CUDA devices; leave it off on CPU (BN statistics per process)")
 
     precision = resolve_precision(cfg.run.precision, device)
+    if saved is not None:
+        check_same_hardware(saved, cfg, device, precision)
     amp = autocast(device, precision)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv kernels once
+    kernels = set_kernels(device, cfg.run.deterministic)
     torch.manual_seed(cfg.run.seed)
 
     data = build_data(cfg.data, device)
+    check_same_data(run_dir, cfg, saved, data.fingerprint)  # the same data.root may hold other images now
     model = build_model(cfg.model).to(device, memory_format=torch.channels_last)  # NHWC convs are faster
     params, macs = count_params(model), count_macs(model)
     if cfg.run.sync_bn and d.enabled:  # off by default: the paper's BN statistics are per device
@@ -342,6 +386,7 @@ def _train(
     window_loss = torch.zeros((), device=device)
     window_wrong = torch.zeros((), dtype=torch.long, device=device)
     window_steps, window_time, start, wall_time, step_time = 0, 0.0, 0, 0.0, 0.0
+    checkpointed: int | None = None  # the iteration of the last checkpoint written
     train_metrics: dict[str, float] = {}
     eval_metrics: dict[str, float] = {}
     evaluated_images: dict[str, int] = {}
@@ -358,21 +403,24 @@ def _train(
             window_loss.copy_(saved["window_loss"])
             window_wrong.copy_(saved["window_wrong"])
         window_steps, window_time, start = saved["window_steps"], saved["window_time"], saved["iteration"]
-        wall_time, step_time = saved["wall_time"], saved["step_time"]
+        wall_time, step_time, checkpointed = saved["wall_time"], saved["step_time"], start
         train_metrics, eval_metrics = saved["train_metrics"], saved["eval_metrics"]
+        evaluated_images = saved.get("evaluated_images", {})  # absent before issue 9; the next eval sets it
 
     def state(iteration: int) -> dict[str, Any]:
         return {
             "iteration": iteration,
             "config": cfg.to_dict(),
+            "device_type": device.type,
             "precision": precision,
+            "data_fingerprint": data.fingerprint,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "batches": batches.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "warming_up": schedule.warming_up,
-            "window_loss": total_loss,
+            "window_loss": total_loss,  # the window the next step continues: every rank's share
             "window_wrong": total_wrong,
             "window_steps": window_steps,
             "window_time": window_time,
@@ -380,9 +428,11 @@ def _train(
             "wall_time": wall_time + time.perf_counter() - t_start,
             "train_metrics": train_metrics,
             "eval_metrics": eval_metrics,
+            "evaluated_images": evaluated_images,
         }
 
-    env = environment(device, precision) | {"world_size": d.world_size}
+    env = environment(device, precision) | kernels
+    env |= {"world_size": d.world_size, "data_fingerprint": data.fingerprint}
     if d.main:
         write_run_files(run_dir, cfg, env)
     for message in data.notes:
@@ -422,14 +472,22 @@ def _train(
             window_loss_value = total_loss.item()
             now = time.perf_counter()
             window_time += now - t_mark
+            if eval_now or save_now:  # every rank evaluates and checks the model that rank 0 saves
+                distributed.broadcast_buffers(model)
             # Judge the loss only where every rank summed it (a lone rank must not stop the others).
             # The loss is computed before the update, so also check the weights about to be saved.
             summed = log_now or save_now or not d.enabled
-            if (summed and not math.isfinite(window_loss_value)) or (save_now and not finite(model)):
+            if (summed and not math.isfinite(window_loss_value)) or (
+                save_now and distributed.any_rank(not finite(model), device)
+            ):
+                kept = (
+                    f"The last good checkpoint (iteration {checkpointed}) is kept in {run_dir}"
+                    if checkpointed is not None
+                    else "No checkpoint was written yet, so there is none to resume: start again with --force"
+                )
                 raise Diverged(
-                    f"training diverged (loss {window_loss_value}) by iteration {it} "
-                    f"(lr {lr:g}). The last good checkpoint is kept in {run_dir}. Try a "
-                    "smaller optim.lr or schedule.warmup."
+                    f"training diverged (loss {window_loss_value}) by iteration {it} (lr {lr:g}). "
+                    f"{kept}. Try a smaller optim.lr or schedule.warmup."
                 )
             if log_now and window_steps:
                 train_metrics = {
@@ -441,8 +499,9 @@ def _train(
                 tracker.log(it, train_metrics)
                 schedule.observe(it, train_metrics["error/train"])
                 step_time += window_time
-                window_loss.zero_()
-                window_wrong.zero_()
+                # A new window; total_* is what a checkpoint saves, so it starts the new window too.
+                for t in (window_loss, window_wrong, total_loss, total_wrong):
+                    t.zero_()
                 window_steps, window_time = 0, 0.0
             if probe_now:  # right after the step, while the gradients are this step's
                 scalars, vectors = probe()
@@ -455,8 +514,11 @@ def _train(
                     eval_metrics |= {f"error/{split_name}": error, f"loss/{split_name}": loss_value}
                     evaluated_images[split_name] = count
                 tracker.log(it, eval_metrics)
-            if save_now and d.main:
-                checkpoint.save(state(it), run_dir / checkpoint.CHECKPOINT)
+            if save_now:
+                if d.main:
+                    tracker.flush()  # a kill after the checkpoint must not lose what was logged before it
+                    checkpoint.save(state(it), run_dir / checkpoint.CHECKPOINT)
+                checkpointed = it
             if stop_now:
                 raise Interrupted(
                     f"stopped by {stop[0]} at iteration {it}; the checkpoint is saved. "

@@ -1,5 +1,7 @@
 """checkpoint.py: atomic writes that survive a crash, safe loading, and the resume config check."""
 
+import pickle
+import shutil
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,64 @@ def test_changed_keys_names_what_differs_and_ignores_harmless_keys() -> None:
     }
     assert checkpoint.changed_keys(saved, current) == ["optim.lr"]
     assert checkpoint.changed_keys(saved, saved) == []
+
+
+def test_a_loaded_checkpoint_names_its_file_for_a_missing_key(tmp_path: Path) -> None:
+    checkpoint.save({"iteration": 1}, tmp_path / "last.pt")
+    saved = checkpoint.load(tmp_path / "last.pt")
+    assert saved["iteration"] == 1
+    with pytest.raises(CheckpointError, match="lacks 'model'") as err:
+        saved["model"]
+    assert str(tmp_path / "last.pt") in str(err.value) and "--force" in str(err.value)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("executed",))
+
+
+def _corrupt(kind: str, path: Path) -> None:
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "bare-tensor":
+        torch.save(torch.ones(3), path)
+    elif kind == "missing-key":
+        torch.save({k: v for k, v in checkpoint.load(path).items() if k != "precision"}, path)
+    elif kind == "unsafe-pickle":
+        path.write_bytes(pickle.dumps(_Evil()))
+
+
+@pytest.fixture(scope="module")
+def finished_run(learnable_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from resbench import config
+    from resbench.train import train
+
+    sets = ["model.depth=8", "model.width=4", "optim.batch_size=16", "schedule.iterations=10"]
+    sets += ["schedule.milestones=[]", "run.eval_every=10", "run.device=cpu", f"data.root={learnable_root}"]
+    run = tmp_path_factory.mktemp("runs") / "resnet20" / "seed0"
+    train(config.load("resnet20", sets), run)
+    return run
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("command", ["train --resume", "evaluate"])
+@pytest.mark.parametrize("kind", ["empty", "truncated", "bare-tensor", "missing-key", "unsafe-pickle"])
+def test_a_damaged_last_pt_is_one_message_and_exit_1(
+    cli, finished_run: Path, tmp_path: Path, kind: str, command: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    run = Path(shutil.copytree(finished_run, tmp_path / "resnet20" / "seed0"))
+    if command == "train --resume":
+        (run / "summary.json").unlink()  # an unfinished run: --resume loads last.pt
+        args = ["train", "-c", run / "config.yaml", "--runs-dir", tmp_path, "--resume"]
+    else:
+        args = ["evaluate", run]
+    _corrupt(kind, run / "last.pt")
+    result = cli(*args)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    message = result.stderr
+    assert f"checkpoint {run / 'last.pt'} is corrupt" in message and "--force" in message
+    assert "weights_only" not in message and "Traceback" not in result.output
+    assert "executed" not in result.output + capfd.readouterr().out  # the pickle's code never ran
+    assert (run / "config.yaml").is_file() and (run / "metrics.jsonl").is_file()  # nothing deleted

@@ -1,5 +1,6 @@
 """distributed.py and DDP training: sharding in-process, then real `torchrun --nproc_per_node=2` runs
-on CPU (gloo) with tiny data: completion, rank-0-only files, exact evaluation counts, resume."""
+on CPU (gloo) with tiny data: completion, rank-0-only files, exact evaluation counts, resume, and
+reported errors that are those of the saved model."""
 
 import json
 import shutil
@@ -13,9 +14,10 @@ import pytest
 import torch
 from data_fixtures import Tiny, write_pickles
 
-from resbench import checkpoint, config
+from resbench import checkpoint, config, distributed
 from resbench.data import Batches, build_data
 from resbench.distributed import Dist, shard
+from resbench.evaluate import evaluate_run
 from resbench.tracking import read_metrics, read_summary
 
 
@@ -37,18 +39,22 @@ def test_ranks_take_slices_of_the_single_process_batch(learnable_root: Path) -> 
         )
 
 
-@pytest.fixture(scope="module")
-def odd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Learnable colours, 160 training and 25 test images: 25 does not split evenly over 2 ranks."""
+def colours_root(root: Path, test_images: int) -> Path:
+    """Ten classes told apart by colour: 160 training images and `test_images` test images."""
     rng = np.random.default_rng(0)
     colours = rng.integers(0, 256, (10, 3, 1, 1))
 
     def split(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.clip(colours[y] + rng.normal(0, 30, (len(y), 3, 32, 32)), 0, 255).astype(np.uint8), y
 
-    root = tmp_path_factory.mktemp("odd")
-    write_pickles(root, Tiny(*split(np.repeat(np.arange(10), 16)), *split(np.arange(25) % 10)))
+    write_pickles(root, Tiny(*split(np.repeat(np.arange(10), 16)), *split(np.arange(test_images) % 10)))
     return root
+
+
+@pytest.fixture(scope="module")
+def odd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """25 test images: they do not split evenly over 2 ranks."""
+    return colours_root(tmp_path_factory.mktemp("odd"), 25)
 
 
 def torchrun(runs: Path, root: Path, *extra: str, iterations: int = 60) -> subprocess.Popen:
@@ -143,3 +149,40 @@ def test_global_batch_must_divide_by_the_world_size(
     cfg = config.load("resnet20", ["optim.batch_size=16", f"data.root={learnable_root}", "run.device=cpu"])
     with pytest.raises(config.ConfigError, match="must divide by the 3 processes"):
         train_mod.train(cfg, tmp_path / "run")
+
+
+@pytest.fixture(scope="module")
+def many_test_images_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The colours of odd_root with 2,500 test images. With 25, each rank's own BN statistics shift
+    the loss but seldom flip a prediction; with 2,500 they flip some (before the fix, summary.json
+    said 39.76% where last.pt gives 40.00%). 2,500 is also three evaluation batches of 1,000, 1,000
+    and 500, shared out unevenly over the two ranks."""
+    return colours_root(tmp_path_factory.mktemp("many-test"), 2500)
+
+
+@pytest.mark.slow
+def test_torchrun_reports_the_errors_of_the_saved_model(
+    many_test_images_root: Path, tmp_path: Path, cli
+) -> None:
+    proc = torchrun(tmp_path, many_test_images_root, "--set", "run.precision=fp32")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    run = tmp_path / "resnet20" / "seed0"
+    summary, result = read_summary(run), evaluate_run(run)
+    (test,) = result.splits
+    # One process evaluating last.pt gives, to the bit, what the two ranks reported together.
+    assert (test.error, test.loss, test.images) == (summary.test_error, summary.test_loss, 2500)
+    out = cli("evaluate", run)
+    assert out.exit_code == 0 and "agrees (exact)" in out.stdout, out.output
+
+
+@pytest.mark.parametrize("device,expected", [("cuda:1", "cuda:1"), ("cpu", None)])
+def test_the_process_group_is_bound_to_the_rank_gpu(
+    monkeypatch: pytest.MonkeyPatch, device: str, expected: str | None
+) -> None:
+    calls: list[tuple[tuple, dict]] = []
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda *a, **k: calls.append((a, k)))
+    assert distributed.setup(Dist(1, 2, 1), torch.device(device))
+    ((args, kwargs),) = calls
+    backend = "nccl" if expected else "gloo"
+    assert args == (backend,) and kwargs["device_id"] == (torch.device(expected) if expected else None)

@@ -1,12 +1,16 @@
 """train.py through its real code path: tiny nets on tiny CIFAR pickles, a few dozen iterations on CPU."""
 
+import contextlib
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,8 +18,18 @@ import torch
 
 from resbench import checkpoint, config
 from resbench.config import ConfigError
-from resbench.tracking import RunDirError, RunLock, Tracker, read_metrics
-from resbench.train import Diverged, Interrupted, LrSchedule, build_optimizer, resolve_device, train
+from resbench.tracking import RunDirError, RunLock, Tracker, read_metrics, read_summary
+from resbench.train import (
+    Diverged,
+    Interrupted,
+    LrSchedule,
+    build_optimizer,
+    native_bf16,
+    resolve_device,
+    resolve_precision,
+    set_kernels,
+    train,
+)
 
 TINY_NET = ["model.depth=8", "model.width=4", "optim.batch_size=16"]
 SCHEDULE = [
@@ -40,10 +54,6 @@ class InterruptAt(Tracker):
     def step(self, iteration: int) -> None:
         if iteration == self.iteration:
             os.kill(os.getpid(), signal.SIGINT)
-
-
-def deterministic(metrics: list[dict]) -> list[dict]:
-    return [{k: v for k, v in m.items() if not k.startswith("perf/")} for m in metrics]
 
 
 def test_a_run_learns_and_writes_its_files(learnable_root: Path, tmp_path: Path) -> None:
@@ -107,24 +117,138 @@ def test_tensorboard_tags_and_hparams_in_the_run_directory(learnable_root: Path,
     assert not [p for p in (tmp_path / "run").iterdir() if p.is_dir()]  # no stray sub-runs
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_stopped_and_resumed_equals_one_go(learnable_root: Path, tmp_path: Path, precision: str) -> None:
-    """Bit-exact resume on CPU: same weights, same metrics.jsonl values, same final errors."""
-    cfg = load(learnable_root, f"run.precision={precision}", "run.log_every=3", "run.checkpoint_every=0")
-    one_go = train(cfg, tmp_path / "a")
-    with pytest.raises(Interrupted, match="--resume"):
-        train(cfg, tmp_path / "b", InterruptAt(17))  # mid log window, mid epoch, no scheduled checkpoint
-    assert checkpoint.load(tmp_path / "b" / "last.pt")["iteration"] == 17
-    resumed = train(cfg, tmp_path / "b", resume=True)
-    a = checkpoint.load(tmp_path / "a" / "last.pt")["model"]
-    b = checkpoint.load(tmp_path / "b" / "last.pt")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert deterministic(read_metrics(tmp_path / "a")) == deterministic(read_metrics(tmp_path / "b"))
-    assert (resumed.train_error, resumed.test_error, resumed.test_loss) == (
-        one_go.train_error,
-        one_go.test_error,
-        one_go.test_loss,
+# --------------------------------------------------------------------------------------------
+# Exact resume: a run stopped anywhere and resumed ends as the run done in one go
+
+# 140 training images (20 held out for val) in batches of 20: an epoch is 7 steps. Warm-up at lr
+# 0.01 through iteration 11 (ended at the log point 12), the lr drops after 13.
+RESUME = [
+    "optim.batch_size=20",
+    "data.val_size=20",
+    "schedule.iterations=30",
+    "schedule.milestones=[13]",
+    "schedule.warmup={lr: 0.01, until_train_error: 1, max_iterations: 11}",
+    "run.log_every=4",
+    "run.eval_every=6",
+    "run.checkpoint_every=8",
+]
+TIMING = {"wall_time", "window_time", "step_time", "images_per_sec", "perf/images_per_sec"}
+
+
+def untimed(x: object) -> object:
+    """`x` without its timing entries and with tensors as (dtype, values): `==` is then bit-exact."""
+    if isinstance(x, dict):
+        return {k: untimed(v) for k, v in x.items() if k not in TIMING}
+    if isinstance(x, (list, tuple)):
+        return [untimed(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return x.dtype, x.tolist()
+    return x
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """The same weights, buffers, optimiser and RNG states, metrics.jsonl and summary.json, timings aside."""
+    assert untimed(checkpoint.load(a / "last.pt")) == untimed(checkpoint.load(b / "last.pt"))
+    assert untimed(read_metrics(a)) == untimed(read_metrics(b))
+    summary = lambda run: untimed(json.loads((run / "summary.json").read_text()))  # noqa: E731
+    assert summary(a) == summary(b)
+
+
+@contextlib.contextmanager
+def kill_after_checkpoints(run_dir: Path, *iterations: int) -> Iterator[dict[int, Path]]:
+    """Copies `run_dir` right after the checkpoint at each of `iterations`: what a kill -9 at that
+    moment leaves on disk (only what reached the kernel; Python's buffers are lost)."""
+    killed: dict[int, Path] = {}
+    save = checkpoint.save
+
+    def save_and_copy(state: dict, path: Path) -> None:
+        save(state, path)
+        if (it := state["iteration"]) in iterations:
+            copy = run_dir.with_name(f"{run_dir.name}-killed-at-{it}")
+            killed[it] = shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns(".lock"))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checkpoint, "save", save_and_copy)
+        yield killed
+
+
+KILLED_AT = (8, 30)  # after the periodic checkpoint at a log point, and after the last one
+
+
+@pytest.fixture(scope="module", params=["fp32", "bf16"])  # bf16 autocast runs on any CPU, if slowly
+def one_go(request: pytest.FixtureRequest, learnable_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The run done in one go, and copies of its directory as kill -9 left them at KILLED_AT."""
+    cfg = load(learnable_root, *RESUME, f"run.precision={request.param}")
+    run = tmp_path_factory.mktemp(request.param) / "one-go"
+    with kill_after_checkpoints(run, *KILLED_AT) as killed:
+        train(cfg, run)
+    return cfg, run, killed
+
+
+@pytest.mark.parametrize(
+    "stop, how",
+    [
+        pytest.param(5, "signal", id="mid-window"),
+        pytest.param(4, "signal", id="log-point"),
+        pytest.param(8, "signal", id="checkpoint-at-a-log-point"),
+        pytest.param(8, "kill", id="killed-after-a-checkpoint-at-a-log-point"),
+        pytest.param(6, "signal", id="eval-point"),
+        pytest.param(12, "signal", id="eval-and-log-point-where-the-warm-up-ends"),
+        pytest.param(7, "signal", id="epoch-end"),
+        pytest.param(11, "signal", id="last-warm-up-iteration"),
+        pytest.param(13, "signal", id="lr-milestone"),
+        pytest.param(30, "signal", id="last-iteration"),
+        pytest.param(30, "kill", id="killed-after-the-last-checkpoint"),
+    ],
+)
+def test_stopped_anywhere_and_resumed_equals_one_go(one_go, stop: int, how: str, tmp_path: Path) -> None:
+    """Bit-exact resume on CPU, fp32 and bf16: the same weights, metrics.jsonl and summary.json."""
+    cfg, done, killed = one_go
+    run = tmp_path / "run"
+    if how == "kill":
+        shutil.copytree(killed[stop], run)
+    else:
+        with pytest.raises(Interrupted, match="--resume"):
+            train(cfg, run, InterruptAt(stop))
+    assert checkpoint.load(run / "last.pt")["iteration"] == stop
+    assert not (run / "summary.json").exists()
+    train(cfg, run, resume=True)
+    assert_same_run(done, run)
+
+
+def test_killed_after_a_checkpoint_at_a_log_point_resumes_to_the_same_train_error(
+    learnable_root: Path, tmp_path: Path
+) -> None:
+    """Issue 9's report: checkpoints at log points, killed after 60, resumed: error/train read 143.7%."""
+    cfg = load(
+        learnable_root,
+        "schedule.iterations=80",
+        "schedule.milestones=[]",
+        "run.log_every=10",
+        "run.checkpoint_every=10",
+        "run.eval_every=40",
     )
+    with kill_after_checkpoints(tmp_path / "run", 60) as killed:
+        train(cfg, tmp_path / "run")
+    train(cfg, killed[60], resume=True)
+    one_go, resumed = (
+        [m["error/train"] for m in read_metrics(r) if "error/train" in m]
+        for r in (tmp_path / "run", killed[60])
+    )
+    assert resumed == one_go and max(resumed) <= 100
+    assert_same_run(tmp_path / "run", killed[60])
+
+
+def test_a_kill_after_a_checkpoint_loses_no_record_before_it(one_go) -> None:
+    """metrics.jsonl and the TensorBoard events are on disk before each checkpoint is written."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, _, killed = one_go
+    run = killed[8]  # logged at 4 and 8, evaluated (and flushed) at 6: unflushed, 8 would be lost
+    assert [m["iteration"] for m in read_metrics(run)] == [4, 6, 8]
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert [e.step for e in events.Scalars("error/train")] == [4, 8]
 
 
 def test_resume_purges_tensorboard_events_after_the_checkpoint(learnable_root: Path, tmp_path: Path) -> None:
@@ -184,11 +308,174 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(learnable_root: Path,
     cfg = load(
         learnable_root, "optim.lr=1e12", "optim.momentum=0", "run.checkpoint_every=1", "run.log_every=1"
     )
-    with pytest.raises(Diverged, match="last good checkpoint"):
+    with pytest.raises(Diverged, match=r"last good checkpoint \(iteration (\d+)\)") as err:
         train(cfg, tmp_path / "run")
     saved = checkpoint.load(tmp_path / "run" / "last.pt")
+    assert f"(iteration {saved['iteration']})" in str(err.value)
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_nan_loss_before_the_first_checkpoint_says_there_is_none(
+    learnable_root: Path, tmp_path: Path
+) -> None:
+    cfg = load(
+        learnable_root, "optim.lr=1e12", "optim.momentum=0", "run.checkpoint_every=0", "run.log_every=1"
+    )
+    with pytest.raises(Diverged, match="No checkpoint was written") as err:
+        train(cfg, tmp_path / "run")
+    assert "last good checkpoint" not in str(err.value) and not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_the_readme_lists_the_keys_that_may_change_on_resume() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    allowed = re.search(r"Only (`.*?) may change\.", readme, re.S)
+    assert allowed is not None, "README: the sentence 'Only `KEY`, ... may change.' is gone"
+    assert set(re.findall(r"`([\w.]+)`", allowed.group(1))) == checkpoint.RESUMABLE_CHANGES
+
+
+def test_what_may_change_on_resume_changes_nothing_computed(one_go, tmp_path: Path) -> None:
+    """The keys of RESUMABLE_CHANGES (torch.compile aside: slow here) leave weights and numbers alone."""
+    cfg, done, _ = one_go
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        train(cfg, run, InterruptAt(5))
+    changes = ["run.checkpoint_every=3", "run.deterministic=true", "analysis.every=2", "analysis.images=8"]
+    try:
+        train(config.load(run / "config.yaml", [*changes, "analysis.per_channel=true"]), run, resume=True)
+    finally:
+        set_kernels(torch.device("cpu"), deterministic=False)
+    a, b = (untimed(checkpoint.load(r / "last.pt") | {"config": None}) for r in (done, run))
+    assert a == b
+    metrics = [m for m in untimed(read_metrics(run)) if not any(k.startswith("analysis/") for k in m)]
+    assert metrics == untimed(read_metrics(done))
+    assert untimed(read_summary(run).__dict__) == untimed(read_summary(done).__dict__)
+
+
+@pytest.mark.parametrize("saved_before_issue_9", [False, True])
+def test_a_run_started_on_cuda_is_not_resumed_on_the_cpu(
+    cli, learnable_root: Path, tmp_path: Path, saved_before_issue_9: bool
+) -> None:
+    """The batch generator's state cannot move between device types with the same draws: refused."""
+    run = tmp_path / "resnet20" / "seed0"
+    with pytest.raises(Interrupted):
+        train(load(learnable_root), run, InterruptAt(5))
+    saved = dict(checkpoint.load(run / "last.pt"))
+    # What a CUDA run saves: a CUDA RNG state, and a Philox generator state of 16 bytes, not 5056.
+    cuda_state = torch.zeros(16, dtype=torch.uint8)
+    saved |= {
+        "device_type": "cuda",
+        "cuda_rng": cuda_state,
+        "batches": saved["batches"] | {"generator": cuda_state},
+    }
+    if saved_before_issue_9:
+        del saved["device_type"]
+    checkpoint.save(saved, run / "last.pt")
+    result = cli("train", "-c", run / "config.yaml", "--runs-dir", tmp_path, "--resume", "--device", "cpu")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "run.device: this run was trained on cuda" in result.stderr and "--device cuda" in result.stderr
+    assert checkpoint.load(run / "last.pt")["iteration"] == 5  # nothing good overwritten
+
+
+def test_a_run_does_not_switch_precision_halfway(
+    learnable_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    monkeypatch.setattr("resbench.train.native_bf16", lambda device: True)
+    with pytest.raises(Interrupted):
+        train(load(learnable_root), run, InterruptAt(5))  # run.precision auto gives bf16 here
+    assert checkpoint.load(run / "last.pt")["precision"] == "bf16"
+    monkeypatch.setattr("resbench.train.native_bf16", lambda device: False)  # hardware where auto gives fp32
+    with pytest.raises(ConfigError, match=r"run\.precision: this run was trained in bf16.*gives fp32"):
+        train(load(learnable_root), run, resume=True)
+    with pytest.raises(ConfigError, match=r"run\.precision"):
+        train(load(learnable_root, "run.precision=fp32"), run, resume=True)
+    train(load(learnable_root, "run.precision=bf16"), run, force=True)  # a fresh run may choose
+
+
+@pytest.mark.parametrize(
+    "capability, native", [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)]
+)
+def test_bf16_is_native_on_cuda_from_compute_capability_8(
+    monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], native: bool
+) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # it counts emulation too
+    cuda = torch.device("cuda", 0)
+    assert native_bf16(cuda) is native
+    assert resolve_precision("auto", cuda) == ("bf16" if native else "fp32")
+
+
+def test_kernel_settings_tf32_off_deterministic_on_request(
+    learnable_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")  # recorded, so the value set below is undone
+    cuda = torch.device("cuda", 0)  # setting the flags needs no GPU
+    try:
+        assert set_kernels(cuda, deterministic=False) == {
+            "tf32_matmul": False,
+            "tf32_cudnn": False,
+            "cudnn_benchmark": True,
+            "deterministic": False,
+        }
+        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+        assert set_kernels(cuda, deterministic=True) == {
+            "tf32_matmul": False,
+            "tf32_cudnn": False,
+            "cudnn_benchmark": False,
+            "deterministic": True,
+        }
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        train(
+            load(
+                learnable_root, "schedule.iterations=10", "schedule.milestones=[]", "run.deterministic=true"
+            ),
+            tmp_path / "run",
+        )
+        env = json.loads((tmp_path / "run" / "env.json").read_text())
+        assert (env["tf32_matmul"], env["tf32_cudnn"], env["deterministic"]) == (False, False, True)
+    finally:
+        set_kernels(torch.device("cpu"), deterministic=False)
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+
+
+def test_sigterm_during_start_up_stops_with_a_message_and_130(learnable_root: Path, tmp_path: Path) -> None:
+    """Before the loop installs its handler, SIGTERM stops like Ctrl-C: here while the data loads."""
+    slow_start = (
+        "import sys, time\n"
+        "import resbench.train as train\n"
+        "build_data = train.build_data\n"
+        "def slow(*args):\n"
+        "    print('loading data', flush=True)\n"
+        "    time.sleep(120)\n"
+        "    return build_data(*args)\n"
+        "train.build_data = slow\n"
+        "from resbench.cli import main\n"
+        "main()\n"
+    )
+    args = [
+        "train",
+        "-c",
+        "resnet20",
+        "--runs-dir",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        "--set",
+        f"data.root={learnable_root}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", slow_start, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    while (line := proc.stdout.readline()) and line != "loading data\n":
+        pass
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "stopped" in err and "Traceback" not in err
+    assert not (tmp_path / "resnet20" / "seed0" / "last.pt").exists()
 
 
 def test_refusals_resume_on_finished_and_force(learnable_root: Path, tmp_path: Path) -> None:

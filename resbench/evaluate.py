@@ -1,0 +1,161 @@
+"""Re-evaluating runs: a run's final model (its last.pt), evaluated in one process, next to what its
+summary.json recorded. This is how a user, and the tests, check that a reported error belongs to the
+saved model. Nothing here prints; `resbench evaluate` renders the result.
+
+    evaluate_run(run_dir, overrides, device) -> Evaluation
+
+The model is evaluated with the run's own config and precision, on test and, where the run holds out
+a validation set, on val, by the function the training loop uses. `--set data.root=DIR` evaluates the
+same model on another copy of the data; its numbers are then shown, not compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from resbench import checkpoint, config
+from resbench.analysis import final_model
+from resbench.checkpoint import CheckpointError
+from resbench.config import ConfigError, flatten
+from resbench.data import build_data
+from resbench.tracking import SUMMARY, read_summary
+from resbench.train import autocast, evaluate, resolve_device, resolve_precision
+
+# What `--set` may change: where the images come from, never what the model is or how it sees them.
+DATA_KEYS = ("data.root", "data.download")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    error: float  # percentage points
+    loss: float  # relative to the recorded loss
+
+
+# fp32 on CPU computes every batch exactly as the training loop did (under DDP too: see
+# train.evaluate). bf16 rounds each layer's output to 8 bits of mantissa, and another device or
+# torch.compile runs other kernels, so a few near-tied images may flip: 0.5 points is 50 of CIFAR's
+# 10,000 test images.
+EXACT = Tolerance(error=0.0, loss=0.0)
+ROUNDING = Tolerance(error=0.5, loss=0.01)
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    split: str  # test or val
+    images: int
+    error: float  # %, evaluated now
+    loss: float
+    recorded_error: float | None  # from summary.json; None where nothing was recorded
+    recorded_loss: float | None
+
+    def within(self, tolerance: Tolerance) -> bool:
+        if self.recorded_error is None or self.recorded_loss is None:
+            return True
+        error_ok = abs(self.error - self.recorded_error) <= tolerance.error
+        return error_ok and abs(self.loss - self.recorded_loss) <= tolerance.loss * abs(self.recorded_loss)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One run's last.pt evaluated now, beside what the run recorded."""
+
+    run_dir: Path
+    name: str
+    seed: int
+    iteration: int  # of last.pt
+    iterations: int  # of the schedule: last.pt is the final model when they are equal
+    device: str
+    precision: str
+    data_root: Path
+    data_source: str
+    official: bool  # every data file matched torchvision's checksums
+    notes: tuple[str, ...]  # what the data loader noted about this copy
+    splits: tuple[SplitResult, ...]
+    tolerance: Tolerance | None  # None: nothing compared, `unchecked` says why
+    unchecked: str | None = None
+
+    @property
+    def agrees(self) -> bool:
+        return self.tolerance is None or all(s.within(self.tolerance) for s in self.splits)
+
+
+def evaluate_run(
+    run_dir: Path, overrides: list[str] | tuple[str, ...] = (), device: str | None = None
+) -> Evaluation:
+    """Evaluate `run_dir`'s last.pt on its test (and val) split; compare it with summary.json.
+
+    An unfinished run (a last.pt, no summary.json) is evaluated too, and says so: nothing is compared.
+    `overrides` may only set DATA_KEYS; `device` defaults to the run's own run.device.
+    """
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml); give runs/NAME/seedK")
+    if not (run_dir / checkpoint.CHECKPOINT).is_file():
+        raise CheckpointError(
+            f"{run_dir} has no {checkpoint.CHECKPOINT}: there is no model to evaluate. "
+            "Train or resume the run first."
+        )
+    trained = config.load(run_dir / "config.yaml")
+    cfg = config.load(run_dir / "config.yaml", [*overrides, *([f"run.device={device}"] if device else [])])
+    old, new = flatten(trained.to_dict()), flatten(cfg.to_dict())
+    if changed := sorted(k for k in new if new[k] != old[k] and k not in (*DATA_KEYS, "run.device")):
+        raise ConfigError(
+            f"evaluate may only set {', '.join(DATA_KEYS)} (and --device), not {', '.join(changed)}: "
+            "a run's model is evaluated with the config it was trained with"
+        )
+    saved = checkpoint.load(run_dir / checkpoint.CHECKPOINT)
+    iteration, where = saved["iteration"], resolve_device(cfg.run.device)
+    precision = resolve_precision(saved["precision"], where)
+    # channels_last as in training: the same conv kernels, so the same numbers to the bit
+    model = final_model(run_dir, trained).to(where, memory_format=torch.channels_last)
+    data = build_data(cfg.data, where)
+    summary = read_summary(run_dir) if (run_dir / SUMMARY).is_file() else None
+    if summary is not None and summary.iterations != iteration:
+        raise CheckpointError(
+            f"{run_dir}: last.pt is at iteration {iteration} but summary.json at "
+            f"{summary.iterations}: they are not one model. Train the run again with --force."
+        )
+    recorded = {
+        "test": (summary.test_error, summary.test_loss) if summary else (None, None),
+        "val": (summary.val_error, summary.val_loss) if summary else (None, None),
+    }
+    splits = {"test": data.test, **({"val": data.val} if data.val is not None else {})}
+    results = []
+    for name, split in splits.items():
+        loss, error, images = evaluate(model, data, split, autocast(where, precision))
+        results.append(SplitResult(name, images, error, loss, *recorded[name]))
+
+    root, trained_root = (Path(c.data.root).expanduser().resolve() for c in (cfg, trained))
+    unchecked = None
+    if summary is None:
+        unchecked = (
+            f"unfinished: last.pt is at iteration {iteration} of {cfg.schedule.iterations}, "
+            "and there is no summary.json to compare with"
+        )
+    elif root != trained_root:
+        unchecked = f"another copy of the data than the run's ({trained_root}): shown, not compared"
+    exact = (
+        precision == "fp32"
+        and where.type == "cpu"
+        and summary is not None
+        and summary.device == "cpu"
+        and not trained.run.compile
+    )
+    return Evaluation(
+        run_dir=run_dir,
+        name=cfg.run.name,
+        seed=cfg.run.seed,
+        iteration=iteration,
+        iterations=cfg.schedule.iterations,
+        device=str(where),
+        precision=precision,
+        data_root=root,
+        data_source=data.source,
+        official=data.official,
+        notes=data.notes,
+        splits=tuple(results),
+        tolerance=None if unchecked else EXACT if exact else ROUNDING,
+        unchecked=unchecked,
+    )
