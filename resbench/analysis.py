@@ -157,17 +157,44 @@ class TrainingProbe:
     def __call__(self) -> tuple[dict[str, float], dict[str, Tensor]]:
         stds = torch.tensor([r.std for r in layer_responses(self.model, self.images)])
         self.model.train()
-        grads = (
-            torch.stack(
-                [c.weight.grad.norm() if c.weight.grad is not None else torch.zeros(()) for c in self.convs]
-            )
-            .float()
-            .cpu()
-        )
+        grads = grad_norms(self.convs).float().cpu()
         positions = {"first": 0, "middle": len(stds) // 2, "last": len(stds) - 1}
         scalars = {f"responses/{k}": float(stds[i]) for k, i in positions.items()}
         scalars |= {f"grad_norm/{k}": float(grads[i]) for k, i in positions.items()}
         return scalars, {"responses": stds, "grad_norm": grads}
+
+
+def grad_norms(convs: list[nn.Conv2d]) -> Tensor:
+    """The weight-gradient norm of each conv, 0 where it has no gradient (yet), on the weights' device."""
+    return torch.stack(
+        [c.weight.grad.norm() if c.weight.grad is not None else c.weight.new_zeros(()) for c in convs]
+    )
+
+
+def final_model(run_dir: Path, cfg: config.RunConfig) -> nn.Module:
+    """The net of the run's config.yaml with the weights of its last.pt, after checking that they
+    belong together: a plain net and its option-A twin have the same weights, so shapes cannot tell."""
+    path = run_dir / checkpoint.CHECKPOINT
+    state = checkpoint.load(path)
+    saved, weights = state.get("config"), state.get("model")
+    trained = config.validate(saved, str(path)).model if isinstance(saved, dict) else cfg.model
+    model = build_model(cfg.model)
+    problem = f"it holds a {_net(trained)}, the config a {_net(cfg.model)}." if trained != cfg.model else ""
+    if not problem:
+        try:
+            model.load_state_dict(weights if isinstance(weights, dict) else {})
+        except RuntimeError as err:  # the keys or shapes of another architecture
+            problem = " ".join(str(err).split())[:200] + "..."
+    if problem:
+        raise ResbenchError(
+            f"{path} does not hold the model of {run_dir / 'config.yaml'}: {problem} It may belong to "
+            "another run: restore this run's own last.pt, or train the run again with --force."
+        )
+    return model
+
+
+def _net(m: config.ModelConfig) -> str:
+    return f"{'residual' if m.residual else 'plain'} {m.block} net of depth {m.depth}"
 
 
 def analyze_run(
@@ -179,9 +206,7 @@ def analyze_run(
     if not (run_dir / checkpoint.CHECKPOINT).is_file():
         raise ResbenchError(f"{run_dir} has no {checkpoint.CHECKPOINT}: train the run first")
     cfg = config.load(run_dir / "config.yaml")
-    state = checkpoint.load(run_dir / checkpoint.CHECKPOINT)
-    model = build_model(cfg.model).to(device)
-    model.load_state_dict(state["model"])
+    model = final_model(run_dir, cfg).to(device)
     x = fixed_test_images(build_data(cfg.data, torch.device(device)), images)
     return RunAnalysis(
         run_dir,
@@ -206,7 +231,7 @@ class ModelResponses:
     residual: bool
     seeds: int
     stds: list[float]  # per layer, network order
-    median_ratio: float | None  # median over blocks of ||F(x)|| / ||x||, residual nets only
+    median_ratio: float | None  # median over blocks of ||F(x)|| / ||shortcut(x)||, residual nets only
 
     @property
     def mean_std(self) -> float:
@@ -224,11 +249,27 @@ class AnalysisReport:
 
 
 def summarise_analyses(analyses: list[RunAnalysis]) -> AnalysisReport:
+    """Average the runs of each model (by run name) layer by layer; runs of one name must share
+    an architecture, or their layers would be averaged with another net's."""
     groups: dict[str, list[RunAnalysis]] = defaultdict(list)
+    seen: dict[Path, Path] = {}
     for a in analyses:
+        if (key := a.run_dir.resolve()) in seen:
+            raise config.ConfigError(
+                f"{seen[key]} and {a.run_dir} are one run, which would count twice: name it once"
+            )
+        seen[key] = a.run_dir
         groups[a.name].append(a)
     models = []
     for name, group in groups.items():
+        if len({(a.depth, a.residual, len(a.responses)) for a in group}) > 1:
+            raise config.ConfigError(
+                f"runs named {name} are different nets: "
+                + ", ".join(
+                    f"{a.run_dir} (depth {a.depth}, {'residual' if a.residual else 'plain'})" for a in group
+                )
+                + ". Analyze them separately, or give each config its own run.name."
+            )
         stds = [statistics.fmean(a.responses[i].std for a in group) for i in range(len(group[0].responses))]
         ratios = [b.ratio for a in group for b in a.ratios]
         models.append(
@@ -251,7 +292,7 @@ def _findings(models: list[ModelResponses]) -> list[str]:
         if m.median_ratio is not None:
             lines.append(
                 f"{m.name}: the median block changes its input by {m.median_ratio:.0%} "
-                "(||F(x)|| / ||x||; 0% would be the identity)"
+                "(||F(x)|| / ||shortcut(x)||; 0% would be the identity)"
             )
     for m in (m for m in models if m.residual):
         twin = next((p for p in models if not p.residual and p.depth == m.depth), None)

@@ -25,9 +25,12 @@ from resbench.tracking import Summary, check_same_config, read_metrics, read_sum
 PAPER_RESNET = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
 PAPER_PLAIN_APPROX = {20: 9.5, 32: 10.0, 44: 12.0, 56: 13.5}
 PAPER_ITERATIONS = 64_000
-# Seed-to-seed spread of final errors in public reproductions (paper.md): with one seed per model,
-# a difference smaller than this cannot be told from noise.
+# Seed-to-seed spread of final errors over the full 64k schedule in public reproductions (paper.md):
+# no difference smaller than this is read as real, however alike the seeds look.
 SEED_SPREAD = 0.5
+# A model whose train error is within this many points of chance (100 - 100/classes) has not started
+# to learn, so comparing it says nothing about depth or shortcuts.
+CHANCE_MARGIN = 5.0
 # Keys that must agree across every run of a compare, or the comparison is not like for like.
 SHARED_KEYS = (
     "data.dataset",
@@ -64,27 +67,33 @@ class Planned:
 def plan(
     names: list[str], seeds: list[int], overrides: list[str], preset: str | None, runs_dir: Path
 ) -> list[Planned]:
-    """One run per (name, seed); a run directory given as a name stands for itself."""
+    """One run per (name, seed); a run directory given as a name stands for itself. A run named
+    twice (`runs/resnet20/seed0` and `resnet20`, or two spellings of one path) is refused: it would
+    count as two seeds."""
     planned: list[Planned] = []
+    seen: dict[Path, str] = {}  # resolved run directory -> how it was named
     for name in names:
         path = Path(name)
         if path.is_dir() and (path / "config.yaml").is_file():
-            planned.append(Planned(config.load(path / "config.yaml"), path, run_state(path)))
-            continue
-        for seed in seeds:
-            cfg = config.load(name, [*overrides, f"run.seed={seed}"], preset)
-            run_dir = run_dir_for(cfg, runs_dir)
-            state = run_state(run_dir)
-            if state == "finished":  # reused only if it is the run asked for
-                check_same_config(run_dir, cfg)
-            planned.append(Planned(cfg, run_dir, state))
-    seen: dict[Path, str] = {}
-    for p in planned:
-        if p.run_dir in seen:
-            raise CompareError(
-                f"{seen[p.run_dir]} and {p.cfg.run.name} seed {p.cfg.run.seed} share {p.run_dir}"
-            )
-        seen[p.run_dir] = f"{p.cfg.run.name} seed {p.cfg.run.seed}"
+            spelled = [(name, Planned(config.load(path / "config.yaml"), path, run_state(path)))]
+        else:
+            spelled = []
+            for seed in seeds:
+                cfg = config.load(name, [*overrides, f"run.seed={seed}"], preset)
+                run_dir = run_dir_for(cfg, runs_dir)
+                state = run_state(run_dir)
+                if state == "finished":  # reused only if it is the run asked for
+                    check_same_config(run_dir, cfg)
+                spelled.append((f"{name} seed {seed}", Planned(cfg, run_dir, state)))
+        for spelling, p in spelled:
+            key = p.run_dir.resolve()
+            if key in seen:
+                raise CompareError(
+                    f"{seen[key]} and {spelling} both name the run directory {p.run_dir}, so one run "
+                    "would count twice. Name each run once (configs of their own need their own run.name)."
+                )
+            seen[key] = spelling
+            planned.append(p)
     return planned
 
 
@@ -151,6 +160,16 @@ class Row:
     paper_approximate: bool  # read off Figure 6 rather than taken from Table 6
     wall_time: Stat  # seconds
     iterations: int
+    num_classes: int
+
+    @property
+    def chance_error(self) -> float:
+        """The error (%) of a guess: what a net that has learned nothing scores."""
+        return 100 - 100 / self.num_classes
+
+    @property
+    def near_chance(self) -> bool:
+        return self.train_error.mean >= self.chance_error - CHANCE_MARGIN
 
     @property
     def delta_to_paper(self) -> float | None:
@@ -185,6 +204,8 @@ class Finding:
     kind: str  # "degradation", "residual fix" or "deeper resnet"
     status: str  # "shown", "not shown" or "inconclusive"
     text: str
+    threshold: float  # points of train error a difference had to exceed to count
+    reason: str = ""  # why it is inconclusive regardless of the difference, e.g. "not trained yet"
 
 
 @dataclass(frozen=True)
@@ -250,6 +271,7 @@ def _row(name: str, group: list[RunRecord]) -> Row:
         paper_approximate=paper is not None and not m.residual,
         wall_time=Stat.of([r.summary.wall_time for r in group]),
         iterations=group[0].summary.iterations,
+        num_classes=m.num_classes,
     )
 
 
@@ -281,24 +303,53 @@ def _curve(name: str, group: list[RunRecord]) -> Curve:
 # The verdict
 
 
-def _judge(diff: float, a: Stat, b: Stat, expected_sign: int) -> str:
-    """shown / not shown / inconclusive, for a difference `diff` = a - b expected to have a sign."""
-    if a.n > 1 and b.n > 1:
-        noise = 2 * math.sqrt(a.std**2 / a.n + b.std**2 / b.n)  # ~95% on the difference of means
-    else:
-        noise = SEED_SPREAD
-    if abs(diff) < noise:
-        return "inconclusive"
-    return "shown" if diff * expected_sign > 0 else "not shown"
+def single_seed_threshold(iterations: int) -> float:
+    """The difference (points) that one seed per model must exceed: the full schedule's seed spread,
+    grown by sqrt(64k / iterations) for shorter runs, as SGD noise shrinks with the square root of
+    the steps averaged over (0.5 at 64k, 2.8 at 2,000, 10 at 150 iterations)."""
+    return SEED_SPREAD * math.sqrt(max(PAPER_ITERATIONS / iterations, 1.0))
+
+
+def pooled_std(stats: list[Stat]) -> float | None:
+    """The seed-to-seed std pooled over the models that have several seeds; None if none has."""
+    several = [s for s in stats if s.n > 1]
+    if not several:
+        return None
+    return math.sqrt(sum((s.n - 1) * s.std**2 for s in several) / sum(s.n - 1 for s in several))
+
+
+def threshold(a: Stat, b: Stat, pooled: float | None, iterations: int) -> tuple[float, str]:
+    """How large a difference of means must be to count, and how that was decided.
+
+    With seeds, two standard errors of the difference (~95%), never below SEED_SPREAD: seeds that
+    happen to agree exactly do not make every difference real. A model with one seed borrows the
+    spread pooled over the models that have several. Without any seeds, the single-seed threshold
+    for the run length.
+    """
+    sa = a.std if a.n > 1 else pooled
+    sb = b.std if b.n > 1 else pooled
+    if sa is None or sb is None:
+        return single_seed_threshold(iterations), f"the expected one-seed spread at {iterations:,} iterations"
+    noise = 2 * math.sqrt(sa**2 / a.n + sb**2 / b.n)
+    if noise < SEED_SPREAD:
+        return SEED_SPREAD, "the floor: the seed spread of full runs"
+    if min(a.n, b.n) == 1:
+        return noise, "2 standard errors, with the seed spread pooled over the models that have several"
+    return noise, "2 standard errors over seeds"
 
 
 def _seeds(a: Stat, b: Stat) -> str:
-    n = min(a.n, b.n)
-    return f"{n} seeds" if n > 1 else "1 seed each"
+    if a.n != b.n:
+        return f"{a.n} and {b.n} seeds"
+    return f"{a.n} seeds" if a.n > 1 else "1 seed each"
+
+
+LABELS = {"degradation": "Degradation", "residual fix": "Residual fix", "deeper resnet": "Deeper ResNet"}
 
 
 def verdict(rows: list[Row]) -> list[Finding]:
     """Pair plain and residual twins by depth and read off what the data show."""
+    pooled = pooled_std([r.train_error for r in rows])
     findings: list[Finding] = []
     for block in sorted({r.block for r in rows}):
         plain = sorted((r for r in rows if r.block == block and not r.residual), key=lambda r: r.depth)
@@ -307,24 +358,41 @@ def verdict(rows: list[Row]) -> list[Finding]:
         ]
         residual = sorted({r.depth: r for r in residual}.values(), key=lambda r: r.depth)
         for deep in plain[1:]:
-            findings.append(_compare("degradation", deep, plain[0], +1))
+            findings.append(_compare("degradation", deep, plain[0], +1, pooled))
         for r in residual:
             twin = next((p for p in plain if p.depth == r.depth), None)
             if twin is not None:
-                findings.append(_compare("residual fix", r, twin, -1))
+                findings.append(_compare("residual fix", r, twin, -1, pooled))
         for deep in residual[1:]:
-            findings.append(_compare("deeper resnet", deep, residual[0], -1))
+            findings.append(_compare("deeper resnet", deep, residual[0], -1, pooled))
     return findings
 
 
-def _compare(kind: str, a: Row, b: Row, expected_sign: int) -> Finding:
+def _compare(kind: str, a: Row, b: Row, expected_sign: int, pooled: float | None) -> Finding:
+    """`a` against `b` in train error, where `expected_sign` is the sign the paper predicts for a - b."""
     diff = a.train_error.mean - b.train_error.mean
-    status = _judge(diff, a.train_error, b.train_error, expected_sign)
+    limit, basis = threshold(a.train_error, b.train_error, pooled, a.iterations)
     numbers = (
         f"train error {a.train_error.mean:.1f}% vs {b.train_error.mean:.1f}%, {diff:+.1f} pts, "
-        f"{_seeds(a.train_error, b.train_error)}; test error {a.test_error.mean:.1f}% vs "
-        f"{b.test_error.mean:.1f}%"
+        f"{_seeds(a.train_error, b.train_error)}; "
+        f"test error {a.test_error.mean:.1f}% vs {b.test_error.mean:.1f}%"
     )
+    untrained = [r for r in (a, b) if r.near_chance]
+    if untrained:
+        who = " and ".join(r.name for r in untrained)
+        return Finding(
+            kind,
+            "inconclusive",
+            f"{LABELS[kind]}: not trained yet. {who} {'is' if len(untrained) == 1 else 'are'} "
+            f"within {CHANCE_MARGIN:g} pts of chance ({a.chance_error:.1f}% for {a.num_classes} classes), "
+            f"so nothing about depth or shortcuts is shown ({numbers}).",
+            limit,
+            "not trained yet",
+        )
+    if abs(diff) < limit:
+        status = "inconclusive"
+    else:
+        status = "shown" if diff * expected_sign > 0 else "not shown"
     phrases = {
         ("degradation", "shown"): f"Degradation: {a.name} trains worse than {b.name}",
         ("degradation", "not shown"): f"No degradation: {a.name} trains better than {b.name}",
@@ -333,10 +401,8 @@ def _compare(kind: str, a: Row, b: Row, expected_sign: int) -> Finding:
         ("deeper resnet", "shown"): f"Deeper ResNet: {a.name} trains better than {b.name}",
         ("deeper resnet", "not shown"): f"Deeper ResNet not better: {a.name} trains worse than {b.name}",
     }
-    text = phrases.get(
-        (kind, status), f"{kind.capitalize()} unclear: {a.name} vs {b.name} is within seed noise"
-    )
-    return Finding(kind, status, f"{text} ({numbers}).")
+    text = phrases.get((kind, status), f"{LABELS[kind]} unclear: {a.name} vs {b.name} is within seed noise")
+    return Finding(kind, status, f"{text} ({numbers}). Threshold {limit:.1f} pts: {basis}.", limit)
 
 
 def _notes(rows: list[Row]) -> list[str]:
@@ -350,9 +416,21 @@ def _notes(rows: list[Row]) -> list[str]:
             "does not reach the paper's errors (the reference column is far away), and deeper ResNets "
             "need the long schedule to overtake shallower ones."
         )
-    if any(r.train_error.n == 1 for r in rows):
+    if all(r.train_error.n == 1 for r in rows):
         notes.append(
-            f"Some models have a single seed. Seed-to-seed spread is about ±0.2–0.5 points, so differences "
-            f"under {SEED_SPREAD} points are reported as inconclusive. Use --seeds 3 or more for error bars."
+            f"Every model has a single seed, so the seed spread cannot be measured. A difference must "
+            f"exceed {single_seed_threshold(iterations):.1f} points: the {SEED_SPREAD}-point spread of full "
+            f"runs, times sqrt(64k / {iterations:,}) for this length. Use --seeds 3 or more for error bars."
+        )
+    elif any(r.train_error.n == 1 for r in rows):
+        notes.append(
+            "Some models have a single seed; their seed spread is taken from the models that have several."
+        )
+    if untrained := [r.name for r in rows if r.near_chance]:
+        verb = "is" if len(untrained) == 1 else "are"
+        notes.append(
+            f"{', '.join(untrained)} {verb} within {CHANCE_MARGIN:g} points "
+            f"of chance ({rows[0].chance_error:.1f}% train error): not trained yet, so every verdict "
+            "involving them is inconclusive. Train longer."
         )
     return notes

@@ -5,14 +5,16 @@
 
 Figure 6 follows the paper's layout: one panel for the plain nets and one for the ResNets, error
 (%) against iterations, dashed lines for training error and bold lines for test error, one colour
-per depth, and a ±std band where a model has several seeds. Drawing is headless (Agg).
+per depth, a ±std band where a model has several seeds, and a grey dotted line at chance level.
+Drawing is headless (Agg). A folder that cannot be written is a `ReportError` naming it.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +26,25 @@ from matplotlib.figure import Figure
 
 from resbench.analysis import AnalysisReport, RunAnalysis
 from resbench.compare import Report
+from resbench.config import ResbenchError
 from resbench.files import atomic_open, atomic_write
+from resbench.tracking import read_env
+
+
+class ReportError(ResbenchError):
+    exit_code = 1
+
+
+@contextmanager
+def writable(out_dir: Path) -> Iterator[None]:
+    """Create `out_dir` for the block's writes; a folder that is a file, read-only or on a full disk
+    becomes one message naming it (the files already there stay whole: every write is atomic)."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        yield
+    except OSError as err:
+        why = "it is a file" if out_dir.is_file() else err.strerror or str(err)
+        raise ReportError(f"cannot write the report to {out_dir}: {why}. Choose another --out.") from None
 
 
 @dataclass(frozen=True)
@@ -43,7 +63,8 @@ def tensorboard_command(report: Report) -> str:
 
 
 def figure6(report: Report) -> Figure:
-    """Two panels (plain, residual): dashed = training error, bold = test error, colour = depth."""
+    """Two panels (plain, residual): dashed = training error, bold = test error, colour = depth,
+    dotted grey = chance (what a net that has learned nothing scores)."""
     depths = sorted({c.depth for c in report.curves})
     colours = {d: plt.get_cmap("tab10")(i % 10) for i, d in enumerate(depths)}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True, layout="constrained")
@@ -63,6 +84,8 @@ def figure6(report: Report) -> Figure:
                 ax.plot(x, mean, style, color=colour, linewidth=width, label=f"{label} {kind}")
                 if c.n > 1:  # ±1 std over seeds
                     ax.fill_between(x, mean - std, mean + std, color=colour, alpha=alpha, linewidth=0)
+        for chance in sorted({r.chance_error for r in report.rows}):
+            ax.axhline(chance, color="0.5", linestyle=":", linewidth=1.2, label=f"chance ({chance:.0f}%)")
         ax.set_title(panel if any(c.residual == residual for c in report.curves) else f"{panel}: no runs")
         ax.set_xlabel("iter.")
         ax.grid(alpha=0.3)
@@ -70,8 +93,9 @@ def figure6(report: Report) -> Figure:
             ax.legend(fontsize=8)
     axes[0].set_ylabel("error (%)")
     n = max(c.n for c in report.curves)
+    dataset = report.records[0].cfg.data.dataset.upper().replace("CIFAR", "CIFAR-")
     fig.suptitle(
-        "CIFAR-10: dashed = training error (running, augmented), bold = test error"
+        f"{dataset}: dashed = training error (running, augmented), bold = test error"
         + (f"; bands ±1 std over {n} seeds" if n > 1 else ""),
         fontsize=10,
     )
@@ -132,8 +156,7 @@ def summary_markdown(report: Report, tb_command: str) -> str:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in report.notes]
     lines += ["", "## Overlay in TensorBoard", "", "```", tb_command, "```", "", "## Runs", ""]
     for r in report.records:
-        env_path = r.run_dir / "env.json"
-        env = json.loads(env_path.read_text()) if env_path.exists() else {}
+        env = read_env(r.run_dir)
         lines.append(
             f"- `{r.run_dir}`: torch {env.get('torch')}, resbench {env.get('resbench')}, "
             f"{env.get('device_name')} ({env.get('precision')}), commit {env.get('git_commit')}"
@@ -152,7 +175,7 @@ def analysis_markdown(summary: AnalysisReport) -> str:
         "",
         "![Figure 7](figure7.png)",
         "",
-        "| model | seeds | 3x3 layers | mean std | max std | median block ‖F(x)‖/‖x‖ |",
+        "| model | seeds | 3x3 layers | mean std | max std | median block ‖F(x)‖/‖shortcut(x)‖ |",
         "|---|---|---|---|---|---|",
     ]
     for m in summary.models:
@@ -163,8 +186,16 @@ def analysis_markdown(summary: AnalysisReport) -> str:
     return "\n".join([*lines, "", *(f"- {f}" for f in summary.findings), ""])
 
 
+def save_figure(fig: Figure, png: Path, svg: Path) -> None:
+    try:
+        for path, fmt in ((png, "png"), (svg, "svg")):
+            with atomic_open(path, "wb") as f:
+                fig.savefig(f, format=fmt, dpi=150)
+    finally:
+        plt.close(fig)
+
+
 def write_report(report: Report, out_dir: Path, analysis: AnalysisReport | None = None) -> ReportFiles:
-    out_dir.mkdir(parents=True, exist_ok=True)
     tb = tensorboard_command(report)
     files = ReportFiles(
         out_dir,
@@ -174,21 +205,18 @@ def write_report(report: Report, out_dir: Path, analysis: AnalysisReport | None 
         out_dir / "summary.csv",
         tb,
     )
-    fig = figure6(report)
-    for path, fmt in ((files.figure_png, "png"), (files.figure_svg, "svg")):
-        with atomic_open(path, "wb") as f:
-            fig.savefig(f, format=fmt, dpi=150)
-    plt.close(fig)
     table = summary_table(report)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(table[0]))
     writer.writeheader()
     writer.writerows(table)
-    atomic_write(files.summary_csv, buffer.getvalue())
     markdown = summary_markdown(report, tb)
     if analysis is not None:
         markdown += "\n" + analysis_markdown(analysis)
-    atomic_write(files.summary_md, markdown)
+    with writable(out_dir):
+        save_figure(figure6(report), files.figure_png, files.figure_svg)
+        atomic_write(files.summary_csv, buffer.getvalue())
+        atomic_write(files.summary_md, markdown)
     return files
 
 
@@ -231,13 +259,7 @@ def figure7(summary: AnalysisReport) -> Figure:
 
 
 def write_analysis(analyses: list[RunAnalysis], summary: AnalysisReport, out_dir: Path) -> AnalysisFiles:
-    out_dir.mkdir(parents=True, exist_ok=True)
     files = AnalysisFiles(out_dir / "figure7.png", out_dir / "figure7.svg", out_dir / "layers.csv")
-    fig = figure7(summary)
-    for path, fmt in ((files.figure_png, "png"), (files.figure_svg, "svg")):
-        with atomic_open(path, "wb") as f:
-            fig.savefig(f, format=fmt, dpi=150)
-    plt.close(fig)
     per_channel = any(r.std_per_channel is not None for a in analyses for r in a.responses)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -248,5 +270,7 @@ def write_analysis(analyses: list[RunAnalysis], summary: AnalysisReport, out_dir
         for r in a.responses:
             extra = [f"{r.std_per_channel:.6g}"] if per_channel else []
             writer.writerow([str(a.run_dir), r.index, r.name, f"{r.std:.6g}", *extra])
-    atomic_write(files.layers_csv, buffer.getvalue())
+    with writable(out_dir):
+        save_figure(figure7(summary), files.figure_png, files.figure_svg)
+        atomic_write(files.layers_csv, buffer.getvalue())
     return files

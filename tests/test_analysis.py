@@ -16,6 +16,7 @@ from resbench.analysis import (
     RunAnalysis,
     analyze_run,
     block_ratios,
+    grad_norms,
     layer_responses,
     response_layers,
     summarise_analyses,
@@ -85,12 +86,12 @@ def test_a_zeroed_residual_branch_has_ratio_zero() -> None:
 
 def test_seeds_are_averaged_and_findings_compare_twins() -> None:
     def run(
-        name: str, depth: int, residual: bool, stds: list[float], ratio: float | None = None
+        name: str, depth: int, residual: bool, stds: list[float], ratio: float | None = None, seed: int = 0
     ) -> RunAnalysis:
         from resbench.analysis import BlockRatio
 
         return RunAnalysis(
-            Path(name),
+            Path(name) / f"seed{seed}",
             name,
             depth,
             residual,
@@ -102,7 +103,7 @@ def test_seeds_are_averaged_and_findings_compare_twins() -> None:
         [
             run("plain20", 20, False, [3.0, 3.0]),
             run("resnet20", 20, True, [1.0, 2.0], 0.1),
-            run("resnet20", 20, True, [1.0, 0.0], 0.3),
+            run("resnet20", 20, True, [1.0, 0.0], 0.3, seed=1),
         ]
     )
     plain, resnet = summary.models
@@ -243,3 +244,65 @@ def test_compare_analyze_adds_figure7(cli, trained: Path, tmp_path: Path) -> Non
     assert (tmp_path / "figure7.png").is_file() and (tmp_path / "figure6.png").is_file()
     md = (tmp_path / "summary.md").read_text()
     assert "## Layer responses (Figure 7)" in md and "| resnet20 | 1 | 18 |" in md
+
+
+def test_gradient_norms_stay_on_the_weights_device() -> None:
+    """A conv without a gradient gave a CPU zero, which cannot be stacked with CUDA (here: meta) norms."""
+    convs = [torch.nn.Conv2d(2, 2, 3, device="meta") for _ in range(3)]
+    convs[1].weight.grad = torch.ones_like(convs[1].weight)
+    norms = grad_norms(convs)
+    assert norms.device.type == "meta" and norms.shape == (3,)
+    cpu = [torch.nn.Conv2d(2, 2, 3) for _ in range(2)]
+    cpu[0].weight.grad = torch.full_like(cpu[0].weight, 2.0)
+    assert grad_norms(cpu).tolist() == [12.0, 0.0]  # sqrt(36 weights * 2²), and none
+
+
+@pytest.mark.parametrize("case", ["weights of another depth", "the plain twin's last.pt"])
+def test_analyze_refuses_a_checkpoint_of_another_net(cli, trained: Path, tmp_path: Path, case: str) -> None:
+    import shutil
+
+    from resbench import checkpoint
+
+    run = tmp_path / "resnet20" / "seed0"
+    shutil.copytree(trained / "resnet20" / "seed0", run)
+    if case == "the plain twin's last.pt":  # same weight shapes: only the saved config tells them apart
+        shutil.copy(trained / "plain20" / "seed0" / "last.pt", run / "last.pt")
+        expected = "it holds a plain basic net of depth 20, the config a residual basic net of depth 20"
+    else:
+        checkpoint.save({**checkpoint.load(run / "last.pt"), "model": net(8).state_dict()}, run / "last.pt")
+        expected = "Missing key(s) in state_dict"
+    result = cli("analyze", run, "--images", "8", "--out", tmp_path / "out", "--device", "cpu")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"{run / 'last.pt'} does not hold the model of {run / 'config.yaml'}" in result.stderr
+    assert expected in result.stderr and "--force" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("depths", [(20, 8), (8, 20)])
+def test_runs_of_one_name_must_be_one_net(depths: tuple[int, int]) -> None:
+    """Two runs named plain20 with other depths: their layers were averaged index by index
+    (or an IndexError, depending on the order)."""
+    runs = [
+        RunAnalysis(
+            Path(f"runs{i}/plain20/seed0"),
+            "plain20",
+            d,
+            False,
+            [LayerResponse(k + 1, f"l{k}", 1.0) for k in range(d - 2)],
+            [],
+        )
+        for i, d in enumerate(depths)
+    ]
+    with pytest.raises(
+        config.ConfigError, match=r"runs named plain20 are different nets: runs0/plain20/seed0 "
+    ):
+        summarise_analyses(runs)
+
+
+def test_one_run_named_twice_is_refused() -> None:
+    one = RunAnalysis(Path("runs/plain20/seed0"), "plain20", 8, False, [LayerResponse(1, "l0", 1.0)], [])
+    again = RunAnalysis(Path("runs/plain20/../plain20/seed0"), *[one.name, 8, False, one.responses, []])
+    with pytest.raises(
+        config.ConfigError, match=r"runs/plain20/seed0 and runs/plain20/\.\./plain20/seed0 are one run"
+    ):
+        summarise_analyses([one, again])

@@ -2,8 +2,10 @@
 compare's reuse / resume / parallel training through the real training code."""
 
 import csv
+import errno
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +14,14 @@ from matplotlib.collections import PolyCollection
 
 from resbench import config
 from resbench.compare import (
+    SEED_SPREAD,
     CompareError,
     Row,
     Stat,
     aligned,
     load_run,
     plan,
+    single_seed_threshold,
     summarise,
     verdict,
 )
@@ -42,7 +46,12 @@ def fake_run(
 ) -> Path:
     cfg = config.load(
         name,
-        [f"run.seed={seed}", f"schedule.iterations={iterations}", "schedule.milestones=[200]", *overrides],
+        [
+            f"run.seed={seed}",
+            f"schedule.iterations={iterations}",
+            f"schedule.milestones=[{iterations // 2}]",
+            *overrides,
+        ],
     )
     run_dir = runs_dir / cfg.run.name / f"seed{seed}"
     run_dir.mkdir(parents=True)
@@ -83,7 +92,9 @@ def records(runs_dir: Path, spec: dict[str, list[tuple[float, float]]]) -> list:
     ]
 
 
-def row(name: str, depth: int, residual: bool, train: list[float]) -> Row:
+def row(
+    name: str, depth: int, residual: bool, train: list[float], iterations: int = 64_000, num_classes: int = 10
+) -> Row:
     s = Stat.of(train)
     return Row(
         name,
@@ -98,7 +109,8 @@ def row(name: str, depth: int, residual: bool, train: list[float]) -> Row:
         None,
         False,
         Stat.of([1.0]),
-        1000,
+        iterations,
+        num_classes,
     )
 
 
@@ -181,6 +193,64 @@ def test_single_seeds_need_more_than_the_usual_seed_spread() -> None:
     assert verdict([row("plain20", 20, False, [6.0]), row("plain56", 56, False, [7.0])])[0].status == "shown"
 
 
+@pytest.mark.parametrize(
+    ("plain56", "status"), [([6.3, 6.3, 6.3], "inconclusive"), ([7.0, 7.0, 7.0], "shown")]
+)
+def test_seeds_that_agree_exactly_do_not_make_every_difference_real(
+    plain56: list[float], status: str
+) -> None:
+    """Defect 7: zero spread over seeds gave a noise estimate of 0, so +0.3 pts read as shown."""
+    (deg,) = verdict([row("plain20", 20, False, [6.0, 6.0, 6.0]), row("plain56", 56, False, plain56)])
+    assert deg.status == status and deg.threshold == SEED_SPREAD
+    assert "Threshold 0.5 pts: the floor" in deg.text
+
+
+def test_the_single_seed_threshold_grows_for_short_runs() -> None:
+    assert single_seed_threshold(64_000) == single_seed_threshold(128_000) == SEED_SPREAD
+    assert single_seed_threshold(2_000) == pytest.approx(0.5 * math.sqrt(32))  # 2.83
+    rows = [row("plain20", 20, False, [60.0], 2_000), row("plain56", 56, False, [62.0], 2_000)]
+    (deg,) = verdict(rows)  # 2 pts would be shown at 64k, but not after 2,000 iterations
+    assert deg.status == "inconclusive" and deg.threshold == pytest.approx(2.83, abs=0.01)
+    assert deg.text.endswith("Threshold 2.8 pts: the expected one-seed spread at 2,000 iterations.")
+
+
+def test_a_single_seed_model_borrows_the_spread_of_models_with_seeds() -> None:
+    """Two seeds of plain20 differ by 2.8 points: a 2.6-point gap to a one-seed plain56 is noise,
+    even on the full schedule where the single-seed threshold would be 0.5."""
+    rows = [row("plain20", 20, False, [60.0, 62.8]), row("plain56", 56, False, [64.0])]
+    (deg,) = verdict(rows)
+    spread = Stat.of([60.0, 62.8]).std
+    assert deg.threshold == pytest.approx(2 * math.sqrt(spread**2 / 2 + spread**2 / 1))
+    assert deg.status == "inconclusive" and "1 and 2 seeds" in deg.text and "pooled" in deg.text
+
+
+def test_nets_at_chance_level_have_not_shown_anything(tmp_path: Path) -> None:
+    """The issue's 150-iteration compare: plain-56 (88.8%) and ResNet-56 (88.1%) sit at chance (90%)
+    on CIFAR-10, so neither the degradation nor the residual fix is shown, whatever the gaps."""
+    spec = {"plain20": (64.8, 63.0), "plain56": (88.8, 88.5), "resnet56": (88.1, 87.9)}
+    runs = [
+        load_run(fake_run(tmp_path, name, 0, tr, te, every=50, iterations=150))
+        for name, (tr, te) in spec.items()
+    ]
+    report = summarise(runs)
+    deg, fix = report.findings
+    assert (deg.kind, deg.status, deg.reason) == ("degradation", "inconclusive", "not trained yet")
+    assert deg.text.startswith("Degradation: not trained yet. plain56 is within 5 pts of chance (90.0%")
+    assert (fix.kind, fix.status, fix.reason) == ("residual fix", "inconclusive", "not trained yet")
+    assert "resnet56 and plain56 are within 5 pts of chance" in fix.text
+    assert any("plain56, resnet56 are within 5 points of chance" in n for n in report.notes)
+    lines = {line.get_label(): line for line in figure6(report).axes[1].lines}
+    assert lines["chance (90%)"].get_ydata()[0] == 90 and lines["chance (90%)"].get_linestyle() == ":"
+
+
+@pytest.mark.parametrize(
+    ("train_error", "num_classes", "near"),
+    [(84.9, 10, False), (85.0, 10, True), (90.0, 100, False), (95.0, 100, True)],
+)
+def test_chance_follows_the_class_count(train_error: float, num_classes: int, near: bool) -> None:
+    assert row("plain20", 20, False, [train_error], num_classes=num_classes).near_chance is near
+
+
 def test_deeper_resnets_are_judged_too() -> None:
     (f,) = verdict([row("resnet20", 20, True, [3.0, 3.1]), row("resnet56", 56, True, [1.0, 1.1])])
     assert (f.kind, f.status) == ("deeper resnet", "shown")
@@ -229,6 +299,118 @@ def test_plan_reuses_finished_runs_and_refuses_one_with_another_config(tmp_path:
     assert plan([str(tmp_path / "plain20" / "seed0")], [5], [], None, tmp_path)[0].cfg.run.seed == 0
 
 
+FAKE_SETS = ["schedule.iterations=400", "schedule.milestones=[200]"]  # what fake_run trains with
+
+
+def fake_sets(*extra: str) -> list[str]:
+    return [a for s in [*FAKE_SETS, *extra] for a in ("--set", s)]
+
+
+def test_one_run_named_twice_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counted twice: a run directory and the config that maps to it, or two spellings of one path,
+    gave "88.75 ± 0.00" over one run."""
+    monkeypatch.chdir(tmp_path)
+    fake_run(Path("runs"), "plain20", 0, 6, 9)
+    with pytest.raises(
+        CompareError, match=r"runs/plain20/seed0 and plain20 seed 0 both name the run directory"
+    ):
+        plan(["runs/plain20/seed0", "plain20"], [0], FAKE_SETS, None, Path("runs"))
+    spellings = ["runs/plain20/seed0", str(tmp_path / "runs" / "plain20" / "seed0") + "/"]
+    with pytest.raises(CompareError, match=r"would count twice\. Name each run once"):
+        plan(spellings, [0], [], None, Path("runs"))
+    with pytest.raises(CompareError, match=r"plain20 seed 0 and configs/plain20\.yaml seed 0"):
+        plan(["plain20", "configs/plain20.yaml"], [0], FAKE_SETS, None, Path("runs"))
+
+
+def test_cli_refuses_a_run_named_twice(cli, tmp_path: Path) -> None:
+    run = fake_run(tmp_path, "plain20", 0, 6, 9)
+    result = cli("compare", run, f"{run}/../seed0", "--no-train", "--out", tmp_path / "r")
+    assert result.exit_code == 2 and "would count twice" in result.stderr and "Traceback" not in result.output
+
+
+def test_another_config_on_an_existing_run_name_says_how_to_keep_both(cli, tmp_path: Path) -> None:
+    """Defect 9: `compare plain20 --set optim.lr=0.05` after `compare plain20` maps to the same
+    run directory; the refusal must say how to get a run of its own."""
+    fake_run(tmp_path, "plain20", 0, 6, 9)
+    result = cli("compare", "plain20", "--runs-dir", tmp_path, *fake_sets("optim.lr=0.05"))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "differs in optim.lr" in result.stderr
+    assert "--set run.name=NAME" in result.stderr and "--runs-dir" in result.stderr
+    (p,) = plan(["plain20"], [0], [*FAKE_SETS, "optim.lr=0.05", "run.name=plain20-lr05"], None, tmp_path)
+    assert (p.state, p.run_dir) == ("empty", tmp_path / "plain20-lr05" / "seed0")  # the advice works
+
+
+BROKEN = {
+    "metrics.jsonl: a garbage line": ("metrics.jsonl", "append", "not json\n"),
+    "metrics.jsonl: binary": ("metrics.jsonl", "write", "\x00\xff\xfe garbage"),
+    "summary.json: not JSON": ("summary.json", "write", "{'train_error': 5"),
+    "summary.json: a field missing": ("summary.json", "drop", "test_error"),
+    "env.json: not JSON": ("env.json", "write", "torch 2.4"),
+    "env.json: not an object": ("env.json", "write", "[1, 2]"),
+}
+
+
+@pytest.mark.parametrize("how", ["--no-train", "by name"])
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_a_damaged_run_file_is_one_message(cli, tmp_path: Path, case: str, how: str) -> None:
+    run = fake_run(tmp_path / "runs", "plain20", 0, 6, 9)
+    name, action, text = BROKEN[case]
+    path = run / name
+    if action == "append":
+        path.write_text(path.read_text() + text)
+    elif action == "drop":
+        path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != text}))
+    else:
+        path.write_text(text, errors="surrogateescape")
+    what = (
+        [run, "--no-train"]
+        if how == "--no-train"
+        else ["plain20", "--runs-dir", tmp_path / "runs", *fake_sets()]
+    )
+    result = cli("compare", *what, "--out", tmp_path / "r")
+    assert not isinstance(result.exception, Exception), result.output  # a message, not a crash
+    assert result.exit_code in (1, 2) and "Traceback" not in result.output
+    assert str(path) in result.stderr and "damaged" in result.stderr
+    assert not (tmp_path / "r").exists()  # no report from a damaged run
+
+
+def test_a_report_folder_that_cannot_be_written_is_one_message(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = fake_run(tmp_path / "runs", "plain20", 0, 6, 9)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    as_file = cli("compare", run, "--no-train", "--out", blocker)
+    assert as_file.exit_code == 1 and f"cannot write the report to {blocker}: it is a file" in as_file.stderr
+    assert blocker.read_text() == "keep me" and "Traceback" not in as_file.output
+    below_file = cli("compare", run, "--no-train", "--out", blocker / "report")
+    assert below_file.exit_code == 1 and "Not a directory" in below_file.stderr
+
+    out = tmp_path / "report"
+    assert cli("compare", run, "--no-train", "--out", out).exit_code == 0
+    before = (out / "summary.md").read_text()
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("resbench.report.atomic_write", full)
+    no_space = cli("compare", run, "--no-train", "--out", out)
+    assert no_space.exit_code == 1 and "Traceback" not in no_space.output
+    assert (
+        f"cannot write the report to {out}: No space left on device. Choose another --out" in no_space.stderr
+    )
+    assert (out / "summary.md").read_text() == before  # the last good report stays
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_report_folder_is_one_message(cli, tmp_path: Path) -> None:
+    run = fake_run(tmp_path / "runs", "plain20", 0, 6, 9)
+    out = tmp_path / "ro"
+    out.mkdir(mode=0o500)
+    result = cli("compare", run, "--no-train", "--out", out)
+    assert result.exit_code == 1 and "Permission denied" in result.stderr and "Traceback" not in result.output
+
+
 # ------------------------------------------------------------------------------------------
 # Figure 6 and the files
 
@@ -249,9 +431,10 @@ def test_figure6_layout(tmp_path: Path) -> None:
         ("-", "plain-20 test"),
         ("--", "plain-56 train"),
         ("-", "plain-56 test"),
+        (":", "chance (90%)"),  # 100 - 100/10 classes: what a net that has learned nothing scores
     ]
     assert all(line.get_linewidth() > 2 for line in plain.lines if line.get_linestyle() == "-")
-    assert len(residual.lines) == 2
+    assert len(residual.lines) == 3
     assert (
         len([c for c in plain.collections if isinstance(c, PolyCollection)]) == 4
     )  # ±std bands, 2 per model
