@@ -44,15 +44,20 @@ def test_every_run_finishes_and_a_rerun_skips_them(local_ray, learnable_root: Pa
 
 
 @pytest.mark.slow
-def test_a_failing_run_is_retried_then_reported(local_ray, learnable_root: Path, tmp_path: Path) -> None:
+def test_a_failure_is_retried_a_divergence_not(local_ray, learnable_root: Path, tmp_path: Path) -> None:
     good = tasks(learnable_root, tmp_path, "plain20")
-    bad = tasks(learnable_root, tmp_path, "resnet20", extra=("optim.lr=1e12",))
+    diverging = tasks(learnable_root, tmp_path, "resnet20", extra=("optim.lr=1e12",))
+    no_data = tasks(tmp_path / "no-data", tmp_path, "plain32")  # may pass on another node: retried
     notes = []
     outcomes = run_all_ray(
-        good + bad, retries=1, on_event=lambda e: notes.append(e.message) if e.kind == "note" else None
+        good + diverging + no_data,
+        retries=1,
+        on_event=lambda e: notes.append(e.message) if e.kind == "note" else None,
     )
     assert outcomes[0].error is None
-    assert outcomes[1].error.startswith("failed after 2 attempts") and "diverged" in outcomes[1].error
+    assert outcomes[1].error.startswith("failed: training diverged")  # it would only diverge again
+    assert outcomes[2].error.startswith("failed after 2 attempts")
+    assert [n for n in notes if "retry" in n] == [n for n in notes if "plain32" in n and "retry 1 of 1" in n]
     assert any("retry 1 of 1" in n for n in notes)
 
 
