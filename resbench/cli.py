@@ -8,6 +8,7 @@ Each command loads a config, calls one function of the library and renders its r
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -65,6 +66,30 @@ def user_errors() -> Iterator[None]:
     except KeyboardInterrupt:  # before a run installed its own handler: nothing to save yet
         err_console.print("[bold yellow]stopped:[/] interrupted", highlight=False)
         raise typer.Exit(130) from None
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import torch
+
+        import resbench
+
+        cuda = torch.version.cuda or "none"
+        if torch.version.cuda and not torch.cuda.is_available():
+            cuda += " (no GPU found)"
+        versions = f"resbench {resbench.__version__}, torch {torch.__version__}, CUDA {cuda}"
+        console.print(versions, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print versions and exit."),
+    ] = False,
+) -> None:
+    pass
 
 
 @app.command()
@@ -415,7 +440,8 @@ def compare(
                     outcomes = run_all(tasks, jobs, progress)
             except KeyboardInterrupt:
                 raise Interrupted(
-                    "compare stopped; each run wrote its checkpoint. Run the same command again to resume."
+                    "compare stopped: each running run wrote its checkpoint and no queued run started. "
+                    "Run the same command again to resume."
                 ) from None
             finally:
                 progress.close()
@@ -470,7 +496,7 @@ def _analyze(
 
 def _print_responses(summary: Any) -> None:
     table = Table(title="Layer responses: std of each 3x3 layer's output after BN (Figure 7)")
-    for column in ("model", "seeds", "3x3 layers", "mean std", "max std", "median ||F(x)||/||x||"):
+    for column in ("model", "seeds", "3x3 layers", "mean std", "max std", "median ||F(x)||/||shortcut(x)||"):
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
     for m in summary.models:
         table.add_row(
@@ -506,6 +532,64 @@ def analyze(
     )
 
 
+@app.command("evaluate")
+def evaluate_runs(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (runs/NAME/seedK) with a last.pt.")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="data.root=DIR: evaluate on another copy of the data (repeatable)."),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cuda, mps or cpu (default: the run's run.device).")
+    ] = None,
+) -> None:
+    """Evaluate each run's final model (last.pt) in one process, beside what summary.json recorded."""
+    from resbench.evaluate import evaluate_run
+
+    with user_errors():
+        results = [evaluate_run(d, set_ or [], device) for d in run_dirs]
+    table = Table(title="Final model (last.pt) evaluated now | as summary.json recorded it")
+    for column in ("run", "split", "images", "error now", "recorded", "loss now", "recorded", "check"):
+        table.add_column(column, justify="left" if column in ("run", "split", "check") else "right")
+    for r in results:
+        check = "not compared" if r.tolerance is None else "agrees" if r.agrees else "[red]differs[/]"
+        if r.tolerance is not None and r.agrees:
+            check += " (exact)" if r.tolerance.error == 0 else f" (±{r.tolerance.error:g} pts)"
+        for s in r.splits:
+            recorded = s.recorded_error is not None and s.recorded_loss is not None
+            table.add_row(
+                str(r.run_dir),
+                s.split,
+                f"{s.images:,}",
+                f"{s.error:.2f}%",
+                f"{s.recorded_error:.2f}%" if recorded else "-",
+                f"{s.loss:.4f}",
+                f"{s.recorded_loss:.4f}" if recorded else "-",
+                check,
+            )
+    console.print(table)
+    for r in results:
+        copy = "the official files" if r.official else "not the official files"
+        console.print(
+            f"{r.run_dir}: {r.name} seed {r.seed}, last.pt at iteration {r.iteration}/{r.iterations}, "
+            f"{r.device}, {r.precision}; data in {r.data_root} ({copy}): {r.data_source}",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
+        for note in ([r.unchecked] if r.unchecked else []) + list(r.notes):
+            console.print(f"  note: {note}", highlight=False, soft_wrap=True, markup=False)
+    if differ := [str(r.run_dir) for r in results if not r.agrees]:
+        err_console.print(
+            f"[bold red]error:[/] {escape(', '.join(differ))}: the saved model's errors differ from "
+            "summary.json beyond rounding, so the reported numbers are not this last.pt's. Check that "
+            "data.root holds the images the run was trained on and that last.pt is the run's own.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+
+
 data_app = typer.Typer(help="Get CIFAR onto this machine.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
@@ -533,4 +617,6 @@ def data_prepare(
 
 
 def main() -> None:
+    # SIGTERM stops like Ctrl-C (a message, exit 130), also before a run installs its own handler.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     app()
