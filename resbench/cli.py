@@ -412,11 +412,7 @@ def compare(
         planned = plan(names, config_mod.parse_seeds(seeds), overrides, preset, runs_dir)
         todo = [p for p in planned if p.state != "finished"]
         if no_train and todo:
-            why = {
-                "empty": "not trained",
-                "started": "no metrics or checkpoint yet",
-                "unfinished": "unfinished",
-            }
+            why = {"empty": "not trained", "unfinished": "unfinished"}
             raise config_mod.ConfigError(
                 "--no-train, but these runs are not finished: "
                 + ", ".join(f"{p.run_dir} ({why[p.state]})" for p in todo)

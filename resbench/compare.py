@@ -19,7 +19,16 @@ import numpy as np
 
 from resbench import config
 from resbench.config import ResbenchError, RunConfig
-from resbench.tracking import Summary, check_same_config, read_metrics, read_summary, run_dir_for, run_state
+from resbench.tracking import (
+    RunDirError,
+    Summary,
+    check_same_config,
+    read_metrics,
+    read_summary,
+    rerun_command,
+    run_dir_for,
+    run_state,
+)
 
 # Table 6 (ResNets, option A) and readings of Figure 6 (plain nets; approximate), test error in %.
 PAPER_RESNET = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
@@ -61,7 +70,7 @@ class CompareError(ResbenchError):
 class Planned:
     cfg: RunConfig
     run_dir: Path
-    state: str  # as tracking.run_state: finished (reused), unfinished (resumed), empty/started (trained)
+    state: str  # as tracking.run_state: finished (reused), unfinished (resumed), empty (trained)
 
 
 def plan(
@@ -94,6 +103,14 @@ def plan(
                 )
             seen[key] = spelling
             planned.append(p)
+    if started := [p.run_dir for p in planned if p.state == "started"]:
+        # Metrics without a checkpoint describe weights that were never saved; only --force deletes them.
+        raise RunDirError(
+            "these runs stopped before their first checkpoint, so there is nothing to resume: "
+            + ", ".join(map(str, started))
+            + ". Start each again from scratch (this deletes its metrics and events), then compare: "
+            + "; ".join(rerun_command(d, "--force") for d in started)
+        )
     return planned
 
 

@@ -322,6 +322,19 @@ def test_one_run_named_twice_is_refused(tmp_path: Path, monkeypatch: pytest.Monk
         plan(["plain20", "configs/plain20.yaml"], [0], FAKE_SETS, None, Path("runs"))
 
 
+def test_a_run_killed_before_its_first_checkpoint_is_refused_not_wiped(cli, tmp_path: Path) -> None:
+    """Its metrics describe weights that were never saved: compare names the run and the command
+    that starts it over, and deletes nothing itself."""
+    run = tmp_path / "plain20" / "seed0"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"iteration": 10, "error/train": 80.0}\n')
+    result = cli("compare", "plain20", "--runs-dir", tmp_path, *fake_sets(), "--out", tmp_path / "r")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "stopped before their first checkpoint" in result.stderr
+    assert f"--config {run / 'config.yaml'} --runs-dir {tmp_path} --force" in result.stderr.replace("\n", "")
+    assert (run / "metrics.jsonl").read_text().startswith('{"iteration": 10')
+
+
 def test_cli_refuses_a_run_named_twice(cli, tmp_path: Path) -> None:
     run = fake_run(tmp_path, "plain20", 0, 6, 9)
     result = cli("compare", run, f"{run}/../seed0", "--no-train", "--out", tmp_path / "r")
@@ -558,4 +571,4 @@ def test_cli_errors(cli, tmp_path: Path) -> None:
     (tmp_path / "plain20" / "seed0").mkdir(parents=True)
     (tmp_path / "plain20" / "seed0" / "config.yaml").write_text(config.load("plain20").to_yaml())
     no_metrics = cli("compare", tmp_path / "plain20" / "seed0", "--no-train")
-    assert no_metrics.exit_code == 2 and "seed0 (no metrics or checkpoint yet)" in no_metrics.stderr
+    assert no_metrics.exit_code == 1 and "stopped before their first checkpoint" in no_metrics.stderr
