@@ -6,7 +6,8 @@ saved model. Nothing here prints; `resbench evaluate` renders the result.
 
 The model is evaluated with the run's own config and precision, on test and, where the run holds out
 a validation set, on val, by the function the training loop uses. `--set data.root=DIR` evaluates the
-same model on another copy of the data; its numbers are then shown, not compared.
+same model on another copy of the data; its numbers are compared only where the images are the ones
+the run was trained on (the same `Data.fingerprint`), and shown otherwise.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Evaluation:
     device: str
     precision: str
     data_root: Path
+    data_fingerprint: str  # Data.fingerprint of the images evaluated
     data_source: str
     official: bool  # every data file matched torchvision's checksums
     notes: tuple[str, ...]  # what the data loader noted about this copy
@@ -128,14 +130,25 @@ def evaluate_run(
         results.append(SplitResult(name, images, error, loss, *recorded[name]))
 
     root, trained_root = (Path(c.data.root).expanduser().resolve() for c in (cfg, trained))
+    # The images decide, not the path: the same root may hold other images now, and another root the
+    # same ones. Checkpoints from before the fingerprint was saved fall back to the path.
+    recorded_fingerprint = saved.get("data_fingerprint")
+    same_data = (
+        recorded_fingerprint == data.fingerprint if recorded_fingerprint is not None else root == trained_root
+    )
     unchecked = None
     if summary is None:
         unchecked = (
             f"unfinished: last.pt is at iteration {iteration} of {cfg.schedule.iterations}, "
             "and there is no summary.json to compare with"
         )
-    elif root != trained_root:
-        unchecked = f"another copy of the data than the run's ({trained_root}): shown, not compared"
+    elif not same_data:
+        trained_on = (
+            f"fingerprint {recorded_fingerprint}, here {data.fingerprint}"
+            if recorded_fingerprint is not None
+            else str(trained_root)
+        )
+        unchecked = f"other images than the run was trained on ({trained_on}): shown, not compared"
     exact = (
         precision == "fp32"
         and where.type == "cpu"
@@ -152,6 +165,7 @@ def evaluate_run(
         device=str(where),
         precision=precision,
         data_root=root,
+        data_fingerprint=data.fingerprint,
         data_source=data.source,
         official=data.official,
         notes=data.notes,

@@ -3,6 +3,7 @@ summary.json (exactly, for fp32 on CPU), a disagreement exits 1, and bad input i
 `resbench --version` is here too. The torchrun case is in test_distributed.py."""
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -116,7 +117,30 @@ def test_another_copy_of_the_data_is_shown_not_compared(
 ) -> None:
     out = cli("evaluate", finished, "--set", f"data.root={tiny_cifar10_root}")
     assert out.exit_code == 0, out.output
-    assert "another copy of the data" in out.stdout and str(tiny_cifar10_root.resolve()) in out.stdout
+    assert "other images than the run was trained on" in out.stdout
+    assert str(tiny_cifar10_root.resolve()) in out.stdout
+
+
+def test_the_images_decide_what_is_compared_not_the_path(
+    finished: Path, learnable_root: Path, tmp_path: Path
+) -> None:
+    """The same images under another root are compared; other images under the run's own root are
+    shown, not compared (they used to be compared and reported as a disagreement)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(learnable_root, copy)
+    moved = evaluate_run(finished, [f"data.root={copy}"])
+    assert moved.unchecked is None and moved.tolerance is not None and moved.agrees
+    run = tmp_path / "run"  # a copy of the run, pointed at a root whose images then change
+    shutil.copytree(finished, run)
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace(str(learnable_root), str(copy)))
+    batch = next((copy / "cifar-10-batches-py").glob("test_batch"))
+    raw = pickle.loads(batch.read_bytes())
+    raw["labels"] = [(y + 1) % 10 for y in raw["labels"]]
+    batch.write_bytes(pickle.dumps(raw, protocol=2))
+    for cache in copy.glob("*.npz"):  # built by the first evaluation; it would still hold the old labels
+        cache.unlink()
+    result = evaluate_run(run)
+    assert result.tolerance is None and "other images" in result.unchecked
 
 
 @pytest.mark.parametrize(
