@@ -391,23 +391,36 @@ def compare(
     gpus_per_run: Annotated[
         float | None, typer.Option(help="With --backend ray: GPUs per run, e.g. 0.25 (default: 1 if any).")
     ] = None,
-    cpus_per_run: Annotated[float, typer.Option(help="With --backend ray: CPUs per run.")] = 1.0,
+    cpus_per_run: Annotated[
+        float | None, typer.Option(help="With --backend ray: CPUs per run (default 1).")
+    ] = None,
     retries: Annotated[
-        int, typer.Option(help="With --backend ray: retries of a failed run, from its checkpoint.")
-    ] = 2,
+        int | None,
+        typer.Option(help="With --backend ray: retries of a failed run, from its checkpoint (default 2)."),
+    ] = None,
 ) -> None:
     """Plain vs residual side by side: train what is missing, reuse what exists, report and judge."""
-    from resbench.compare import load_run, plan, summarise
-    from resbench.report import write_report
-    from resbench.sweep import run_all, run_all_ray
+    with user_errors():  # the imports too: a Ctrl-C while matplotlib loads is a stop, not a traceback
+        from resbench.compare import load_run, plan, summarise
+        from resbench.report import write_report
+        from resbench.sweep import run_all, run_all_ray
 
-    with user_errors():
         if jobs < 1:
             raise config_mod.ConfigError(f"--jobs {jobs}: must be at least 1")
         if backend not in ("local", "ray"):
             raise config_mod.ConfigError(f"--backend {backend!r}: expected local or ray")
-        if backend == "local" and (address or gpus_per_run is not None):
-            raise config_mod.ConfigError("--address and --gpus-per-run need --backend ray")
+        ray_only = {"--address": address, "--gpus-per-run": gpus_per_run, "--cpus-per-run": cpus_per_run}
+        ray_only["--retries"] = retries  # None where not given: the local pool would ignore them silently
+        if backend == "local" and (given := [k for k, v in ray_only.items() if v is not None]):
+            raise config_mod.ConfigError(
+                f"{', '.join(given)} need --backend ray (--jobs sets the local pool)"
+            )
+        # Ray would take a negative request or retry count without a word, or fail with its own traceback.
+        for option, value in [("--gpus-per-run", gpus_per_run), ("--retries", retries)]:
+            if value is not None and value < 0:
+                raise config_mod.ConfigError(f"{option} {value:g}: must be 0 or more")
+        if cpus_per_run is not None and not cpus_per_run > 0:
+            raise config_mod.ConfigError(f"--cpus-per-run {cpus_per_run:g}: must be more than 0")
         overrides = list(set_ or []) + ([f"run.device={device}"] if device else [])
         planned = plan(names, config_mod.parse_seeds(seeds), overrides, preset, runs_dir)
         todo = [p for p in planned if p.state != "finished"]
@@ -431,7 +444,14 @@ def compare(
             try:
                 tasks = [(p.cfg, p.run_dir) for p in todo]
                 if backend == "ray":
-                    outcomes = run_all_ray(tasks, address, gpus_per_run, cpus_per_run, retries, progress)
+                    outcomes = run_all_ray(
+                        tasks,
+                        address,
+                        gpus_per_run,
+                        cpus_per_run or 1.0,
+                        2 if retries is None else retries,
+                        progress,
+                    )
                 else:
                     outcomes = run_all(tasks, jobs, progress)
             except KeyboardInterrupt:
@@ -540,9 +560,9 @@ def evaluate_runs(
     ] = None,
 ) -> None:
     """Evaluate each run's final model (last.pt) in one process, beside what summary.json recorded."""
-    from resbench.evaluate import evaluate_run
-
     with user_errors():
+        from resbench.evaluate import evaluate_run
+
         results = [evaluate_run(d, set_ or [], device) for d in run_dirs]
     table = Table(title="Final model (last.pt) evaluated now | as summary.json recorded it")
     for column in ("run", "split", "images", "error now", "recorded", "loss now", "recorded", "check"):
@@ -568,7 +588,8 @@ def evaluate_runs(
         copy = "the official files" if r.official else "not the official files"
         console.print(
             f"{r.run_dir}: {r.name} seed {r.seed}, last.pt at iteration {r.iteration}/{r.iterations}, "
-            f"{r.device}, {r.precision}; data in {r.data_root} ({copy}): {r.data_source}",
+            f"{r.device}, {r.precision}; data in {r.data_root} ({copy}, fingerprint {r.data_fingerprint}): "
+            f"{r.data_source}",
             highlight=False,
             soft_wrap=True,
             markup=False,
@@ -604,9 +625,9 @@ def data_prepare(
     dataset: Annotated[str, typer.Option(help="cifar10 or cifar100.")] = "cifar10",
 ) -> None:
     """Put a CIFAR copy into ROOT and build resbench's cache, so every training starts at once."""
-    from resbench.data import prepare
-
     with user_errors():
+        from resbench.data import prepare
+
         if dataset not in ("cifar10", "cifar100"):
             raise config_mod.ConfigError(f"--dataset {dataset!r}: expected cifar10 or cifar100")
         console.print(prepare(source, root, dataset), highlight=False)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from resbench import config
+from resbench.checkpoint import changed_keys
 from resbench.config import ResbenchError, RunConfig
 from resbench.tracking import (
     RunDirError,
@@ -84,7 +85,16 @@ def plan(
     for name in names:
         path = Path(name)
         if path.is_dir() and (path / "config.yaml").is_file():
-            spelled = [(name, Planned(config.load(path / "config.yaml"), path, run_state(path)))]
+            trained = config.load(path / "config.yaml")
+            asked = config.load(path / "config.yaml", overrides, preset)
+            if changed := changed_keys(trained.to_dict(), asked.to_dict()):
+                # a run directory is compared as it was trained: ignoring --set would report other numbers
+                raise CompareError(
+                    f"{name} is a run directory, compared as it was trained, but --set/--preset would change "
+                    f"{', '.join(changed)} for it. Drop those, or name its config ({trained.run.name}) "
+                    "instead to train a run with them."
+                )
+            spelled = [(name, Planned(asked, path, run_state(path)))]  # asked: only --device may differ
         else:
             spelled = []
             for seed in seeds:

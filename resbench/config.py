@@ -63,6 +63,14 @@ class _Section(BaseModel):
     # allow_inf_nan: a `.nan` lr would only surface later as a "divergence"
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic's lax mode reads YAML `true` as 1: `optim.lr: true` would train at lr 1.0."""
+        if isinstance(value, bool) and cls.model_fields[info.field_name or ""].annotation in (int, float):
+            raise ValueError(f"must be a number, got {str(value).lower()}")
+        return value
+
 
 class ModelConfig(_Section):
     """The network. A plain net and its residual twin differ in `residual` alone."""

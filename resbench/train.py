@@ -431,16 +431,19 @@ def _train(
             "evaluated_images": evaluated_images,
         }
 
-    env = environment(device, precision) | kernels
-    env |= {"world_size": d.world_size, "data_fingerprint": data.fingerprint}
-    if d.main:
-        write_run_files(run_dir, cfg, env)
-    for message in data.notes:
-        tracker.note(message)
-    tracker.start(cfg, start, env)
-    model.train()
-    t_start = t_mark = time.perf_counter()
+    # Signals are noted from the first file written: a stop before the first step then still ends
+    # with a checkpoint (at iteration 1), since a run directory with files but no last.pt could only
+    # be started over. Loading the data and building the model, before, stop at once: nothing written.
     with stop_requests() as stop:
+        env = environment(device, precision) | kernels
+        env |= {"world_size": d.world_size, "data_fingerprint": data.fingerprint}
+        if d.main:
+            write_run_files(run_dir, cfg, env)
+        for message in data.notes:
+            tracker.note(message)
+        tracker.start(cfg, start, env)
+        model.train()
+        t_start = t_mark = time.perf_counter()
         for it in range(start + 1, cfg.schedule.iterations + 1):
             lr = schedule.lr(it)
             for group in optimizer.param_groups:

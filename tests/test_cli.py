@@ -59,3 +59,54 @@ def test_python_dash_m_works() -> None:
     assert out.returncode == 0 and "show" in out.stdout and "models" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "resbench", "show", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "no config named 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+SLOW_IMPORT = """
+import sys, time
+class SlowCli:  # makes importing resbench.cli take seconds, as torch's import does on a slow disk
+    def find_spec(self, name, path=None, target=None):
+        if name == "resbench.cli":
+            sys.meta_path.remove(self)
+            print("importing", flush=True)
+            time.sleep(2)
+        return None
+sys.meta_path.insert(0, SlowCli())
+from resbench.__main__ import main
+main()
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_stop_while_the_command_line_imports_is_one_message_and_130(sig: str) -> None:
+    """Before: an import traceback (Ctrl-C) or a silent exit 143 (SIGTERM), before any handler."""
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_IMPORT, "models"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "importing\n"
+    proc.send_signal(getattr(signal, sig))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert f"stopped: {sig} while starting" in err and "Traceback" not in err and "resnet56" not in out
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--retries", "3"], "--retries need --backend ray"),
+        (["--cpus-per-run", "2"], "--cpus-per-run need --backend ray"),
+        (["--backend", "ray", "--retries", "-1"], "--retries -1: must be 0 or more"),
+        (["--backend", "ray", "--gpus-per-run", "-2"], "--gpus-per-run -2: must be 0 or more"),
+        (["--backend", "ray", "--cpus-per-run", "0"], "--cpus-per-run 0: must be more than 0"),
+    ],
+)
+def test_ray_options_are_checked_not_ignored(cli, tmp_path, args: list[str], message: str) -> None:
+    """Before: with --backend local they were silently ignored, and with ray a negative value went
+    through to Ray."""
+    result = cli("compare", "plain20", "--runs-dir", tmp_path, "--no-train", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output

@@ -572,3 +572,26 @@ def test_cli_errors(cli, tmp_path: Path) -> None:
     (tmp_path / "plain20" / "seed0" / "config.yaml").write_text(config.load("plain20").to_yaml())
     no_metrics = cli("compare", tmp_path / "plain20" / "seed0", "--no-train")
     assert no_metrics.exit_code == 1 and "stopped before their first checkpoint" in no_metrics.stderr
+
+
+@pytest.mark.parametrize(
+    "extra,preset,refused",
+    [
+        (["optim.lr=0.05"], None, "optim.lr"),
+        (["schedule.iterations=2000", "schedule.milestones=[1000,1500]"], None, "schedule.iterations"),
+        ([], "quick", "schedule.iterations"),
+        (FAKE_SETS, None, None),  # what the run was trained with: nothing to ignore
+        (["run.device=cpu"], None, None),  # may differ on resume
+    ],
+)
+def test_set_on_a_run_directory_is_refused_where_it_would_be_ignored(
+    tmp_path: Path, extra: list[str], preset: str | None, refused: str | None
+) -> None:
+    """Before: `compare runs/plain20/seed0 --set optim.lr=0.05` reported the lr-0.1 run without a word."""
+    run = fake_run(tmp_path, "plain20", 0, 6, 9)
+    if refused is None:
+        (p,) = plan([str(run)], [0], extra, preset, tmp_path)
+        assert p.state == "finished" and p.cfg.optim.lr == 0.1
+    else:
+        with pytest.raises(CompareError, match=rf"compared as it was trained.*{refused}"):
+            plan([str(run)], [0], extra, preset, tmp_path)

@@ -1,6 +1,7 @@
 """config.py: defaults, every validation rule, inheritance, overrides, presets, name lookup, round trip."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -477,3 +478,20 @@ def test_train_with_duplicate_seeds_exits_2_before_training(cli, tmp_path: Path)
     result = cli("train", "-c", "resnet20", "--seeds", "1,1", "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 2 and "repeats seed 1" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "override,where",
+    [
+        ("optim.lr=true", "optim.lr"),
+        ("optim.batch_size=true", "optim.batch_size"),
+        ("optim.momentum=false", "optim.momentum"),
+        ("model.depth=true", "model.depth"),
+        ("run.seed=true", "run.seed"),
+        ("schedule.iterations=true", "schedule.iterations"),
+    ],
+)
+def test_a_boolean_is_not_a_number(override: str, where: str) -> None:
+    """pydantic's lax mode read `true` as 1, so `optim.lr=true` trained at lr 1.0 without a word."""
+    with pytest.raises(config.ConfigError, match=rf"{re.escape(where)}: must be a number, got (true|false)"):
+        config.load("resnet20", [override])

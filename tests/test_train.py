@@ -609,3 +609,26 @@ def test_resnet20_learns_real_cifar10(real_cifar10_root: Path, tmp_path: Path) -
     summary = train(cfg, tmp_path / "run")
     assert summary.test_error < 65, summary  # chance is 90%
     assert math.isfinite(summary.train_loss)
+
+
+class StopAtStart(Tracker):
+    """Sends this process a signal when the run starts: its files are written, no step taken yet."""
+
+    def __init__(self, sig: signal.Signals) -> None:
+        self.sig = sig
+
+    def start(self, cfg: config.RunConfig, start_iteration: int, env: object) -> None:
+        os.kill(os.getpid(), self.sig)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_after_the_run_files_are_written_still_leaves_a_resumable_run(
+    learnable_root: Path, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """Before: a Ctrl-C between config.yaml and the first step (TensorBoard's import takes seconds)
+    left files without last.pt, which --resume refuses and only --force starts over."""
+    cfg = load(learnable_root, "schedule.iterations=10", "schedule.milestones=[]")
+    with pytest.raises(Interrupted, match=f"stopped by {sig.name} at iteration 1"):
+        train(cfg, tmp_path / "run", StopAtStart(sig))
+    assert checkpoint.load(tmp_path / "run" / "last.pt")["iteration"] == 1
+    assert train(cfg, tmp_path / "run", resume=True).iterations == 10
