@@ -132,8 +132,10 @@ def test_the_images_decide_what_is_compared_not_the_path(
     assert moved.unchecked is None and moved.tolerance is not None and moved.agrees
     run = tmp_path / "run"  # a copy of the run, pointed at a root whose images then change
     shutil.copytree(finished, run)
-    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace(str(learnable_root), str(copy)))
-    batch = next((copy / "cifar-10-batches-py").glob("test_batch"))
+    (run / "config.yaml").write_text(
+        (run / "config.yaml").read_text().replace(str(learnable_root), str(copy))
+    )
+    batch = copy / "cifar-10-batches-py" / "test_batch"
     raw = pickle.loads(batch.read_bytes())
     raw["labels"] = [(y + 1) % 10 for y in raw["labels"]]
     batch.write_bytes(pickle.dumps(raw, protocol=2))
