@@ -28,9 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from resbench import checkpoint, config
-from resbench.config import ResbenchError
 from resbench.data import Data, build_data
 from resbench.models import BasicBlock, Bottleneck, build_model
+from resbench.tracking import RunDirError, read_run_config, refuse_named_twice
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,13 @@ def block_ratios(model: nn.Module, images: Tensor, batch_size: int = 500) -> lis
 
 
 def fixed_test_images(data: Data, count: int) -> Tensor:
-    """A fixed, seeded sample of test images (the same for every run on the same data), normalised."""
+    """A fixed, seeded sample of test images (the same for every run on the same data), normalised.
+    Asking for more images than the test set holds is refused: the numbers would be measured on fewer."""
+    if count > len(data.test):
+        raise config.ConfigError(
+            f"{count:,} test images asked for the layer responses (--images or analysis.images), but the "
+            f"test set has {len(data.test):,}: ask for {len(data.test):,} or fewer"
+        )
     pick = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(0))[:count]
     return data.normalize(data.test.images[pick.to(data.test.images.device)])
 
@@ -171,42 +177,32 @@ def grad_norms(convs: list[nn.Conv2d]) -> Tensor:
     )
 
 
-def final_model(run_dir: Path, cfg: config.RunConfig) -> nn.Module:
-    """The net of the run's config.yaml with the weights of its last.pt, after checking that they
-    belong together: a plain net and its option-A twin have the same weights, so shapes cannot tell."""
-    path = run_dir / checkpoint.CHECKPOINT
-    state = checkpoint.load(path)
-    saved, weights = state.get("config"), state.get("model")
-    trained = config.validate(saved, str(path)).model if isinstance(saved, dict) else cfg.model
+def final_model(run_dir: Path) -> tuple[config.RunConfig, nn.Module, checkpoint.Saved]:
+    """Open a run directory for its final model: the run's config, its net with the weights of
+    last.pt, and last.pt's saved state. A RunDirError (exit 1) for anything that is not a run's
+    final model: not a run directory, no last.pt, a config.yaml that is not the one last.pt was
+    trained with (tracking.read_run_config), or weights of another net."""
+    cfg, saved = read_run_config(run_dir, need_checkpoint=True)
+    assert saved is not None
+    weights = saved["model"]
     model = build_model(cfg.model)
-    problem = f"it holds a {_net(trained)}, the config a {_net(cfg.model)}." if trained != cfg.model else ""
-    if not problem:
-        try:
-            model.load_state_dict(weights if isinstance(weights, dict) else {})
-        except RuntimeError as err:  # the keys or shapes of another architecture
-            problem = " ".join(str(err).split())[:200] + "..."
-    if problem:
-        raise ResbenchError(
-            f"{path} does not hold the model of {run_dir / 'config.yaml'}: {problem} It may belong to "
-            "another run: restore this run's own last.pt, or train the run again with --force."
-        )
-    return model
-
-
-def _net(m: config.ModelConfig) -> str:
-    return f"{'residual' if m.residual else 'plain'} {m.block} net of depth {m.depth}"
+    try:
+        model.load_state_dict(weights if isinstance(weights, dict) else {})
+    except RuntimeError as err:  # the keys or shapes of another architecture
+        raise RunDirError(
+            f"{saved.path} does not hold the model of {run_dir / 'config.yaml'}: "
+            f"{' '.join(str(err).split())[:200]}... It may belong to another run: restore this run's "
+            "own last.pt, or train the run again with --force."
+        ) from None
+    return cfg, model, saved
 
 
 def analyze_run(
     run_dir: Path, images: int = 1000, per_channel: bool = False, device: torch.device | str = "cpu"
 ) -> RunAnalysis:
     """Responses and block ratios of a run's final model (its last.pt) on `images` test images."""
-    if not (run_dir / "config.yaml").is_file():
-        raise ResbenchError(f"{run_dir} is not a run directory (no config.yaml)")
-    if not (run_dir / checkpoint.CHECKPOINT).is_file():
-        raise ResbenchError(f"{run_dir} has no {checkpoint.CHECKPOINT}: train the run first")
-    cfg = config.load(run_dir / "config.yaml")
-    model = final_model(run_dir, cfg).to(device)
+    cfg, model, _ = final_model(run_dir)
+    model = model.to(device)
     x = fixed_test_images(build_data(cfg.data, torch.device(device)), images)
     return RunAnalysis(
         run_dir,
@@ -251,14 +247,9 @@ class AnalysisReport:
 def summarise_analyses(analyses: list[RunAnalysis]) -> AnalysisReport:
     """Average the runs of each model (by run name) layer by layer; runs of one name must share
     an architecture, or their layers would be averaged with another net's."""
+    refuse_named_twice((str(a.run_dir), a.run_dir) for a in analyses)
     groups: dict[str, list[RunAnalysis]] = defaultdict(list)
-    seen: dict[Path, Path] = {}
     for a in analyses:
-        if (key := a.run_dir.resolve()) in seen:
-            raise config.ConfigError(
-                f"{seen[key]} and {a.run_dir} are one run, which would count twice: name it once"
-            )
-        seen[key] = a.run_dir
         groups[a.name].append(a)
     models = []
     for name, group in groups.items():

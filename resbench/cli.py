@@ -26,7 +26,7 @@ from resbench import config as config_mod
 from resbench.config import ResbenchError, RunConfig
 from resbench.distributed import from_env
 from resbench.models import describe
-from resbench.tracking import Summary, Tracker, run_dir_for
+from resbench.tracking import Summary, Tracker, load_config, run_dir_for
 from resbench.train import Interrupted
 from resbench.train import train as train_run
 
@@ -199,15 +199,20 @@ class ConsoleTracker(Tracker):
                     speed=f"{metrics['perf/images_per_sec']:,.0f}",
                 )
         if "error/test" in metrics:
+            # "-" until the first log window has closed (an eval before it, or right after a resume)
+            train = (
+                f"train err {self.train['error/train']:5.2f}%  loss {self.train['loss/train']:.3f}"
+                if self.train
+                else "train err     -   loss     -"
+            )
             line = (
-                f"iter {iteration:>{len(str(self.total))}}/{self.total}  "
-                f"train err {self.train.get('error/train', float('nan')):5.2f}%  "
-                f"loss {self.train.get('loss/train', float('nan')):.3f}  "
+                f"iter {iteration:>{len(str(self.total))}}/{self.total}  {train}  "
                 f"test err {metrics['error/test']:5.2f}%"
             )
             if "error/val" in metrics:
                 line += f"  val err {metrics['error/val']:5.2f}%"
-            line += f"  {self.train.get('perf/images_per_sec', 0):,.0f} img/s"
+            if self.train:
+                line += f"  {self.train['perf/images_per_sec']:,.0f} img/s"
             (self.progress.console if self.progress else self.out).print(line, highlight=False)
 
     def close(self) -> None:
@@ -259,8 +264,8 @@ def train(
     """Train a config on CIFAR: one run directory per seed, TensorBoard logs, exact resume."""
     with user_errors():
         overrides = list(set_ or []) + ([f"run.device={device}"] if device else [])
-        cfgs = [
-            config_mod.load(config, overrides + ([f"run.seed={s}"] if s is not None else []), preset)
+        cfgs = [  # a run directory's config.yaml is first checked against its last.pt
+            load_config(config, overrides + ([f"run.seed={s}"] if s is not None else []), preset)
             for s in _seeds(seed, seeds)
         ]
         for cfg in cfgs:

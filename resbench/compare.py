@@ -24,8 +24,12 @@ from resbench.tracking import (
     RunDirError,
     Summary,
     check_same_config,
+    is_run_dir,
+    load_config,
     read_metrics,
+    read_run_config,
     read_summary,
+    refuse_named_twice,
     rerun_command,
     run_dir_for,
     run_state,
@@ -80,12 +84,11 @@ def plan(
     """One run per (name, seed); a run directory given as a name stands for itself. A run named
     twice (`runs/resnet20/seed0` and `resnet20`, or two spellings of one path) is refused: it would
     count as two seeds."""
-    planned: list[Planned] = []
-    seen: dict[Path, str] = {}  # resolved run directory -> how it was named
+    spelled: list[tuple[str, Planned]] = []  # how each run was named, and the run
     for name in names:
         path = Path(name)
-        if path.is_dir() and (path / "config.yaml").is_file():
-            trained = config.load(path / "config.yaml")
+        if is_run_dir(path):
+            trained, _ = read_run_config(path)
             asked = config.load(path / "config.yaml", overrides, preset)
             if changed := changed_keys(trained.to_dict(), asked.to_dict()):
                 # a run directory is compared as it was trained: ignoring --set would report other numbers
@@ -94,25 +97,17 @@ def plan(
                     f"{', '.join(changed)} for it. Drop those, or name its config ({trained.run.name}) "
                     "instead to train a run with them."
                 )
-            spelled = [(name, Planned(asked, path, run_state(path)))]  # asked: only --device may differ
+            spelled.append((name, Planned(asked, path, run_state(path))))  # asked: only --device differs
         else:
-            spelled = []
             for seed in seeds:
-                cfg = config.load(name, [*overrides, f"run.seed={seed}"], preset)
+                cfg = load_config(name, [*overrides, f"run.seed={seed}"], preset)
                 run_dir = run_dir_for(cfg, runs_dir)
                 state = run_state(run_dir)
                 if state == "finished":  # reused only if it is the run asked for
                     check_same_config(run_dir, cfg)
                 spelled.append((f"{name} seed {seed}", Planned(cfg, run_dir, state)))
-        for spelling, p in spelled:
-            key = p.run_dir.resolve()
-            if key in seen:
-                raise CompareError(
-                    f"{seen[key]} and {spelling} both name the run directory {p.run_dir}, so one run "
-                    "would count twice. Name each run once (configs of their own need their own run.name)."
-                )
-            seen[key] = spelling
-            planned.append(p)
+    refuse_named_twice((spelling, p.run_dir) for spelling, p in spelled)
+    planned = [p for _, p in spelled]
     if started := [p.run_dir for p in planned if p.state == "started"]:
         # Metrics without a checkpoint describe weights that were never saved; only --force deletes them.
         raise RunDirError(
@@ -137,8 +132,7 @@ class RunRecord:
 
 
 def load_run(run_dir: Path) -> RunRecord:
-    if not (run_dir / "config.yaml").is_file():
-        raise CompareError(f"{run_dir} is not a run directory (no config.yaml)")
+    cfg, _ = read_run_config(run_dir)  # RunDirError: not a run directory, or config.yaml edited
     metrics = read_metrics(run_dir)
     if not metrics:
         raise CompareError(f"{run_dir} has no metrics.jsonl: the run never logged. Train it first.")
@@ -146,7 +140,7 @@ def load_run(run_dir: Path) -> RunRecord:
         raise CompareError(
             f"{run_dir} is unfinished (no summary.json). Resume it, or compare without --no-train."
         )
-    return RunRecord(run_dir, config.load(run_dir / "config.yaml"), read_summary(run_dir), metrics)
+    return RunRecord(run_dir, cfg, read_summary(run_dir), metrics)
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,18 +342,23 @@ def pooled_std(stats: list[Stat]) -> float | None:
 def threshold(a: Stat, b: Stat, pooled: float | None, iterations: int) -> tuple[float, str]:
     """How large a difference of means must be to count, and how that was decided.
 
-    With seeds, two standard errors of the difference (~95%), never below SEED_SPREAD: seeds that
-    happen to agree exactly do not make every difference real. A model with one seed borrows the
-    spread pooled over the models that have several. Without any seeds, the single-seed threshold
-    for the run length.
+    With seeds, two standard errors of the difference (~95%), never below a floor: seeds that
+    happen to agree exactly do not make every difference real. The floor is the single-seed
+    threshold for the run length, scaled to the seed counts as a standard error is (the factor is 1
+    with one seed each), and never below SEED_SPREAD. A model with one seed borrows the spread
+    pooled over the models that have several. Without any seeds, the single-seed threshold.
     """
     sa = a.std if a.n > 1 else pooled
     sb = b.std if b.n > 1 else pooled
     if sa is None or sb is None:
         return single_seed_threshold(iterations), f"the expected one-seed spread at {iterations:,} iterations"
     noise = 2 * math.sqrt(sa**2 / a.n + sb**2 / b.n)
-    if noise < SEED_SPREAD:
-        return SEED_SPREAD, "the floor: the seed spread of full runs"
+    floor = max(single_seed_threshold(iterations) * math.sqrt((1 / a.n + 1 / b.n) / 2), SEED_SPREAD)
+    if noise < floor:
+        if floor == SEED_SPREAD:
+            return floor, "the floor: the seed spread of full runs"
+        scaled = f"the expected one-seed spread at {iterations:,} iterations, for {_seeds(a, b)}"
+        return floor, f"the floor: {scaled}"
     if min(a.n, b.n) == 1:
         return noise, "2 standard errors, with the seed spread pooled over the models that have several"
     return noise, "2 standard errors over seeds"

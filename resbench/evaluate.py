@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from resbench import checkpoint, config
+from resbench import config
 from resbench.analysis import final_model
 from resbench.checkpoint import CheckpointError
 from resbench.config import ConfigError, flatten
@@ -92,14 +92,7 @@ def evaluate_run(
     An unfinished run (a last.pt, no summary.json) is evaluated too, and says so: nothing is compared.
     `overrides` may only set DATA_KEYS; `device` defaults to the run's own run.device.
     """
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml); give runs/NAME/seedK")
-    if not (run_dir / checkpoint.CHECKPOINT).is_file():
-        raise CheckpointError(
-            f"{run_dir} has no {checkpoint.CHECKPOINT}: there is no model to evaluate. "
-            "Train or resume the run first."
-        )
-    trained = config.load(run_dir / "config.yaml")
+    trained, model, saved = final_model(run_dir)  # checked: a run directory, its last.pt, its config
     cfg = config.load(run_dir / "config.yaml", [*overrides, *([f"run.device={device}"] if device else [])])
     old, new = flatten(trained.to_dict()), flatten(cfg.to_dict())
     if changed := sorted(k for k in new if new[k] != old[k] and k not in (*DATA_KEYS, "run.device")):
@@ -107,11 +100,10 @@ def evaluate_run(
             f"evaluate may only set {', '.join(DATA_KEYS)} (and --device), not {', '.join(changed)}: "
             "a run's model is evaluated with the config it was trained with"
         )
-    saved = checkpoint.load(run_dir / checkpoint.CHECKPOINT)
     iteration, where = saved["iteration"], resolve_device(cfg.run.device)
     precision = resolve_precision(saved["precision"], where)
     # channels_last as in training: the same conv kernels, so the same numbers to the bit
-    model = final_model(run_dir, trained).to(where, memory_format=torch.channels_last)
+    model = model.to(where, memory_format=torch.channels_last)
     data = build_data(cfg.data, where)
     summary = read_summary(run_dir) if (run_dir / SUMMARY).is_file() else None
     if summary is not None and summary.iterations != iteration:

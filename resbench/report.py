@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from resbench.analysis import AnalysisReport, RunAnalysis
 from resbench.compare import Report
 from resbench.config import ResbenchError
-from resbench.files import atomic_open, atomic_write
+from resbench.files import WriteError, atomic_open, atomic_write
 from resbench.tracking import read_env
 
 
@@ -38,10 +38,13 @@ class ReportError(ResbenchError):
 @contextmanager
 def writable(out_dir: Path) -> Iterator[None]:
     """Create `out_dir` for the block's writes; a folder that is a file, read-only or on a full disk
-    becomes one message naming it (the files already there stay whole: every write is atomic)."""
+    becomes one message naming it (the files already there stay whole: every write is atomic). A
+    WriteError already names the file that failed and the fix, and passes unchanged."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         yield
+    except WriteError:
+        raise
     except OSError as err:
         why = "it is a file" if out_dir.is_file() else err.strerror or str(err)
         raise ReportError(f"cannot write the report to {out_dir}: {why}. Choose another --out.") from None

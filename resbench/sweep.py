@@ -240,7 +240,11 @@ def run_all(
     ]
     with stop_on_sigterm():
         try:
-            with _ignoring_signals():  # inherited through exec: a stop during start-up waits for the handlers
+            # Workers start with SIGINT and SIGTERM ignored (inherited through exec) until they install
+            # their handlers: a stop that reaches a worker in between is dropped, not queued. The
+            # parent, which gets it too, nudges every worker once a second (below) until it exits. A
+            # stop in the few milliseconds the parent spends here is dropped by the parent as well.
+            with _ignoring_signals():
                 for w in workers:
                     w.start()
             _serve(workers, events, receive)

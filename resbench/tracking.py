@@ -31,20 +31,22 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, get_args, get_type_hints
 
 import torch
 
 import resbench
-from resbench.checkpoint import CHECKPOINT, changed_keys
+from resbench.checkpoint import CHECKPOINT, Saved, changed_keys
+from resbench.checkpoint import load as load_checkpoint
 from resbench.config import ConfigError, ResbenchError, RunConfig, flatten, load, validate
 from resbench.data import DataError
-from resbench.files import atomic_write, describe
+from resbench.files import WriteError, atomic_write, describe
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 ENV = "env.json"
 LOCK = ".lock"
+RUN_FILES = ("config.yaml", CHECKPOINT, SUMMARY, METRICS, ENV)  # any of them makes a folder a run directory
 
 
 class RunDirError(ResbenchError):
@@ -55,9 +57,13 @@ class RunDirError(ResbenchError):
 
 @contextmanager
 def _writing(run_dir: Path) -> Iterator[None]:
-    """Turn an OSError (a full disk, a read-only folder, a file in the way) into one message."""
+    """Turn an OSError (a full disk, a read-only folder, a file in the way) into one message. A
+    WriteError already names the file that failed and the fix: it passes unchanged, so a full disk
+    reads the same whichever file it stopped."""
     try:
         yield
+    except WriteError:
+        raise
     except OSError as err:
         raise RunDirError(
             f"cannot write the run directory {run_dir} ({describe(err)}). Free some space or make it "
@@ -170,16 +176,99 @@ def prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> bool:
 
 
 def rerun_command(run_dir: Path, flag: str) -> str:
-    """The command that trains this run directory again with `flag` (--resume or --force)."""
+    """The command that trains this run directory again with `flag` (--resume or --force). It names
+    the run's config.yaml where that trains into this directory; where it does not (another run's
+    config.yaml, or none), CONFIG stands for the config that does, and the command says so."""
     runs_dir = run_dir.parent.parent  # run_dir is RUNS_DIR/NAME/seedK
     where = "" if runs_dir == Path("runs") else f" --runs-dir {runs_dir}"
-    return f"resbench train --config {run_dir / 'config.yaml'}{where} {flag}"
+    try:
+        goes_to: Path | None = run_dir_for(load(run_dir / "config.yaml"), runs_dir)
+    except ResbenchError:
+        goes_to = None
+    if goes_to is not None and goes_to.resolve() == run_dir.resolve():
+        return f"resbench train --config {run_dir / 'config.yaml'}{where} {flag}"
+    why = f"its config.yaml trains into {goes_to}" if goes_to else "it has no readable config.yaml"
+    return f"resbench train --config CONFIG{where} {flag}, with CONFIG the config of {run_dir} ({why})"
+
+
+def is_run_dir(path: Path) -> bool:
+    """A folder holding any of a run's files: a damaged or incomplete run lacks some of them."""
+    try:
+        return path.is_dir() and any((path / name).exists() for name in RUN_FILES)
+    except OSError:  # a name too long for the file system: config.load says so
+        return False
+
+
+def read_run_config(run_dir: Path, need_checkpoint: bool = False) -> tuple[RunConfig, Saved | None]:
+    """A run directory's config.yaml and its last.pt (None where there is none yet), checked to belong
+    together: last.pt holds the config the run was trained with, and config.yaml is only a copy of it.
+
+    Every command that opens a run directory reads its config here. A config.yaml edited after
+    training would pass the run's numbers off as the edited config's, or point at another seed's
+    directory; it is refused, naming the keys (those a resume may change aside). Every problem is a
+    RunDirError (exit 1); `need_checkpoint` refuses a run without last.pt too.
+    """
+    yaml, path = run_dir / "config.yaml", run_dir / CHECKPOINT
+    if not yaml.is_file():
+        if is_run_dir(run_dir):
+            held = ", ".join(sorted(p.name for p in run_dir.iterdir() if p.name != LOCK))
+            raise RunDirError(
+                f"{run_dir} is a damaged or incomplete run directory: it has no config.yaml (it holds "
+                f"{held}). Restore its config.yaml from a copy, or train the run again from scratch "
+                "with `resbench train --config NAME --force` (this deletes what the directory holds)."
+            )
+        raise RunDirError(f"{run_dir} is not a run directory (no config.yaml); give RUNS_DIR/NAME/seedK")
+    cfg = load(yaml)
+    if not path.is_file():
+        if need_checkpoint:
+            raise RunDirError(
+                f"{run_dir} has no {CHECKPOINT}: there is no model to read. Train or resume the run first."
+            )
+        return cfg, None
+    saved = load_checkpoint(path)
+    # Through today's schema: keys added since the run was made take their defaults.
+    trained = validate(saved["config"], str(path)).to_dict()
+    if changed := changed_keys(trained, cfg.to_dict()):
+        was, now = flatten(trained), flatten(cfg.to_dict())
+        values = "; ".join(f"{k} {str(now.get(k))[:60]}, trained {str(was.get(k))[:60]}" for k in changed)
+        raise RunDirError(
+            f"{yaml} is not the config this run was trained with: it differs from the config saved in "
+            f"{CHECKPOINT} in {', '.join(changed)} ({values}), and the run's numbers belong to the "
+            f"saved one. Restore those values in config.yaml (or, if {CHECKPOINT} was replaced, this "
+            "run's own last.pt). To train with the new values, train a new run: give it a name of its "
+            "own (--set run.name=NAME) or another --runs-dir."
+        )
+    return cfg, saved
+
+
+def load_config(
+    name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = (), preset: str | None = None
+) -> RunConfig:
+    """config.load, where a run directory (or its config.yaml) is first checked by read_run_config."""
+    path = Path(name_or_path).expanduser()
+    folder = path.parent if path.name == "config.yaml" else path
+    if is_run_dir(folder):
+        read_run_config(folder)
+    return load(name_or_path, overrides, preset)
+
+
+def refuse_named_twice(named: Iterable[tuple[str, Path]]) -> None:
+    """Refuse a run directory named twice (`runs/resnet20/seed0` and `resnet20`, or two spellings of
+    one path): it would count as two seeds. `named` holds (how it was named, its run directory)."""
+    seen: dict[Path, str] = {}
+    for spelling, run_dir in named:
+        if (key := run_dir.resolve()) in seen:
+            raise ConfigError(
+                f"{seen[key]} and {spelling} both name the run directory {run_dir}, so one run would "
+                "count twice. Name each run once (configs of their own need their own run.name)."
+            )
+        seen[key] = spelling
 
 
 def check_same_config(run_dir: Path, cfg: RunConfig, saved: dict[str, Any] | None = None) -> None:
     """Refuse to continue or reuse a run trained with another config; name the keys that differ."""
     # Through today's schema: keys added since the run was made take their defaults.
-    saved_cfg = load(run_dir / "config.yaml") if saved is None else validate(saved, str(run_dir))
+    saved_cfg = read_run_config(run_dir)[0] if saved is None else validate(saved, str(run_dir))
     if changed := changed_keys(saved_cfg.to_dict(), cfg.to_dict()):
         raise ConfigError(
             f"{run_dir} was trained with another config: it differs in {', '.join(changed)}. "
@@ -320,12 +409,10 @@ def _parse_metrics(path: Path, text: str, torn_tail_ok: bool = False) -> list[di
     return records
 
 
-_SUMMARY_TYPES = {  # Summary's annotations -> the JSON values that may stand for them
-    "str": (str,),
-    "int": (int,),
-    "float": (int, float),
-    "float | None": (int, float, type(None)),
-}
+def _json_types(hint: Any) -> tuple[type, ...]:
+    """The JSON values that may stand for a field annotated `hint`: a union's members, an int for a float."""
+    members = get_args(hint) or (hint,)
+    return tuple(t for m in members for t in ((int, float) if m is float else (m,)))
 
 
 def read_summary(run_dir: Path) -> Summary:
@@ -337,11 +424,12 @@ def read_summary(run_dir: Path) -> Summary:
     )
     values = _read_json(path, fix)
     known = {f.name: f for f in fields(Summary)}
+    types = {n: _json_types(hint) for n, hint in get_type_hints(Summary).items()}
     missing = [n for n, f in known.items() if n not in values and f.default is MISSING]
     wrong = [
         n
         for n, v in values.items()
-        if n in known and (isinstance(v, bool) or not isinstance(v, _SUMMARY_TYPES[str(known[n].type)]))
+        if n in known and ((isinstance(v, bool) and bool not in types[n]) or not isinstance(v, types[n]))
     ]
     if missing or wrong:
         problems = ([f"missing {', '.join(missing)}"] if missing else []) + (

@@ -41,6 +41,7 @@ from resbench.tracking import (
     environment,
     prepare_run_dir,
     read_summary,
+    rerun_command,
     write_run_files,
 )
 
@@ -272,12 +273,6 @@ def check_same_hardware(saved: dict[str, Any], cfg: RunConfig, device: torch.dev
             f"precision halfway. Resume it where {cfg.run.precision} gives {saved['precision']}, or "
             "start the run again with --force."
         )
-
-
-def resume_command(run_dir: Path) -> str:
-    runs_dir = run_dir.parent.parent  # run_dir is RUNS_DIR/NAME/seedK
-    where = "" if runs_dir == Path("runs") else f" --runs-dir {runs_dir}"
-    return f"resbench train --config {run_dir / 'config.yaml'}{where} --resume"
 
 
 FRESH, RESUME, FINISHED, REFUSED = 0, 1, 2, 3
@@ -525,7 +520,7 @@ def _train(
             if stop_now:
                 raise Interrupted(
                     f"stopped by {stop[0]} at iteration {it}; the checkpoint is saved. "
-                    f"Continue with: {resume_command(run_dir)}"
+                    f"Continue with: {rerun_command(run_dir, '--resume')}"
                 )
             t_mark = time.perf_counter()
 

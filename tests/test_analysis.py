@@ -2,6 +2,7 @@
 block ratios, the figure, training-time logging, and `resbench analyze`."""
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,32 @@ def test_a_zeroed_residual_branch_has_ratio_zero() -> None:
     assert len(ratios) == 9 and ratios["stage2.1"] == 0.0
     assert all(v > 0 for k, v in ratios.items() if k != "stage2.1")
     assert block_ratios(net(20, residual=False), torch.randn(2, 3, 32, 32)) == []
+
+
+def test_the_block_ratio_divides_by_the_shortcut_not_the_input() -> None:
+    """Defect 8a: at a stage change option A subsamples and zero-pads x, so ||shortcut(x)|| < ||x||;
+    the ratio is ||F(x)|| / ||shortcut(x)||, and the text that reports it says so."""
+    from resbench.analysis import AnalysisReport
+    from resbench.models import ShortcutA
+    from resbench.report import analysis_markdown
+
+    model = net(8)
+    block = model.stage2[0]
+    assert isinstance(block.shortcut, ShortcutA)
+    x = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        h = model.stage1(F.relu(model.bn1(model.conv1(x))))  # stage2.0's input
+        branch = block.bn2(block.conv2(F.relu(block.bn1(block.conv1(h)))))
+        by_shortcut = (branch.norm() / block.shortcut(h).norm()).item()
+        by_input = (branch.norm() / h.norm()).item()
+    ratio = {r.name: r.ratio for r in block_ratios(model, x, batch_size=5)}["stage2.0"]
+    assert ratio == pytest.approx(by_shortcut, rel=1e-4)
+    assert by_input != pytest.approx(by_shortcut, rel=0.1)  # stride 2 keeps a quarter of x
+    report = AnalysisReport([ModelResponses("resnet8", 8, True, 1, [1.0], ratio)], [])
+    assert "‖F(x)‖/‖shortcut(x)‖" in analysis_markdown(report)
+    analysis = RunAnalysis(Path("r/seed0"), "resnet8", 8, True, [LayerResponse(1, "l", 1.0)], [])
+    summary = summarise_analyses([dataclasses.replace(analysis, ratios=block_ratios(model, x))])
+    assert "(||F(x)|| / ||shortcut(x)||; 0% would be the identity)" in summary.findings[0]
 
 
 def test_seeds_are_averaged_and_findings_compare_twins() -> None:
@@ -230,6 +257,18 @@ def test_cli_analyze(cli, trained: Path, tmp_path: Path) -> None:
     assert no_ckpt.exit_code == 1 and "no last.pt" in no_ckpt.stderr
 
 
+def test_analyze_refuses_more_images_than_the_test_set_holds(cli, trained: Path, tmp_path: Path) -> None:
+    """--images 41 on a 40-image test set measured 40 and said nothing."""
+    run = trained / "resnet20" / "seed0"
+    result = cli("analyze", run, "--images", "41", "--out", tmp_path / "out", "--device", "cpu")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "41 test images asked for" in result.stderr
+    assert "the test set has 40: ask for 40 or fewer" in result.stderr
+    assert not (tmp_path / "out").exists()
+    all_of_them = cli("analyze", run, "--images", "40", "--out", tmp_path / "out", "--device", "cpu")
+    assert all_of_them.exit_code == 0, all_of_them.output
+
+
 def test_compare_analyze_adds_figure7(cli, trained: Path, tmp_path: Path) -> None:
     result = cli(
         "compare",
@@ -267,14 +306,18 @@ def test_analyze_refuses_a_checkpoint_of_another_net(cli, trained: Path, tmp_pat
     shutil.copytree(trained / "resnet20" / "seed0", run)
     if case == "the plain twin's last.pt":  # same weight shapes: only the saved config tells them apart
         shutil.copy(trained / "plain20" / "seed0" / "last.pt", run / "last.pt")
-        expected = "it holds a plain basic net of depth 20, the config a residual basic net of depth 20"
+        expected = "differs from the config saved in last.pt in model.residual, model.shortcut, run.name"
     else:
         checkpoint.save({**checkpoint.load(run / "last.pt"), "model": net(8).state_dict()}, run / "last.pt")
         expected = "Missing key(s) in state_dict"
     result = cli("analyze", run, "--images", "8", "--out", tmp_path / "out", "--device", "cpu")
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
-    assert f"{run / 'last.pt'} does not hold the model of {run / 'config.yaml'}" in result.stderr
-    assert expected in result.stderr and "--force" in result.stderr
+    if case == "the plain twin's last.pt":
+        assert f"{run / 'config.yaml'} is not the config this run was trained with" in result.stderr
+        assert expected in result.stderr and "this run's own last.pt" in result.stderr
+    else:
+        assert f"{run / 'last.pt'} does not hold the model of {run / 'config.yaml'}" in result.stderr
+        assert expected in result.stderr and "--force" in result.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -303,6 +346,6 @@ def test_one_run_named_twice_is_refused() -> None:
     one = RunAnalysis(Path("runs/plain20/seed0"), "plain20", 8, False, [LayerResponse(1, "l0", 1.0)], [])
     again = RunAnalysis(Path("runs/plain20/../plain20/seed0"), *[one.name, 8, False, one.responses, []])
     with pytest.raises(
-        config.ConfigError, match=r"runs/plain20/seed0 and runs/plain20/\.\./plain20/seed0 are one run"
+        config.ConfigError, match=r"runs/plain20/seed0 and runs/plain20/\.\./plain20/seed0 both name"
     ):
         summarise_analyses([one, again])

@@ -27,7 +27,7 @@ from resbench.compare import (
 )
 from resbench.config import parse_seeds
 from resbench.report import figure6, write_report
-from resbench.tracking import read_summary
+from resbench.tracking import RunDirError, read_summary
 from resbench.train import Interrupted, train
 
 # ------------------------------------------------------------------------------------------
@@ -214,6 +214,27 @@ def test_the_single_seed_threshold_grows_for_short_runs() -> None:
     assert deg.text.endswith("Threshold 2.8 pts: the expected one-seed spread at 2,000 iterations.")
 
 
+@pytest.mark.parametrize(("iterations", "floor"), [(64_000, 0.5), (2_000, 1.63), (150, 5.96)])
+def test_the_floor_of_several_seeds_follows_the_run_length(iterations: int, floor: float) -> None:
+    """Three seeds that happen to agree within 0.1 points had the fixed 0.5 floor at any length,
+    while one seed each needs 10.3 points at 150 iterations: the floor is the single-seed threshold times
+    sqrt((1/3 + 1/3) / 2), and never under SEED_SPREAD."""
+    rows = [
+        row("plain20", 20, False, [60.0, 60.1, 60.0], iterations),
+        row("plain56", 56, False, [61.5, 61.5, 61.6], iterations),
+    ]
+    (deg,) = verdict(rows)
+    expected = max(single_seed_threshold(iterations) * math.sqrt(1 / 3), SEED_SPREAD)
+    assert deg.threshold == pytest.approx(expected) == pytest.approx(floor, abs=0.01)
+    assert deg.status == ("shown" if iterations == 64_000 else "inconclusive")
+    assert "Threshold" in deg.text and "the floor" in deg.text
+    if iterations < 64_000:
+        assert deg.text.endswith(f"the expected one-seed spread at {iterations:,} iterations, for 3 seeds.")
+    one_each = [row("plain20", 20, False, [60.0], iterations), row("plain56", 56, False, [62.0], iterations)]
+    (single,) = verdict(one_each)
+    assert single.threshold == pytest.approx(single_seed_threshold(iterations))  # one seed each: factor 1
+
+
 def test_a_single_seed_model_borrows_the_spread_of_models_with_seeds() -> None:
     """Two seeds of plain20 differ by 2.8 points: a 2.6-point gap to a one-seed plain56 is noise,
     even on the full schedule where the single-seed threshold would be 0.5."""
@@ -284,7 +305,7 @@ def test_a_run_without_metrics_is_named(tmp_path: Path) -> None:
     (run / "metrics.jsonl").unlink()
     with pytest.raises(CompareError, match=r"no metrics\.jsonl"):
         load_run(run)
-    with pytest.raises(CompareError, match="not a run directory"):
+    with pytest.raises(RunDirError, match="not a run directory"):  # exit 1, as in analyze and evaluate
         load_run(tmp_path)
 
 
@@ -312,13 +333,13 @@ def test_one_run_named_twice_is_refused(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.chdir(tmp_path)
     fake_run(Path("runs"), "plain20", 0, 6, 9)
     with pytest.raises(
-        CompareError, match=r"runs/plain20/seed0 and plain20 seed 0 both name the run directory"
+        config.ConfigError, match=r"runs/plain20/seed0 and plain20 seed 0 both name the run directory"
     ):
         plan(["runs/plain20/seed0", "plain20"], [0], FAKE_SETS, None, Path("runs"))
     spellings = ["runs/plain20/seed0", str(tmp_path / "runs" / "plain20" / "seed0") + "/"]
-    with pytest.raises(CompareError, match=r"would count twice\. Name each run once"):
+    with pytest.raises(config.ConfigError, match=r"would count twice\. Name each run once"):
         plan(spellings, [0], [], None, Path("runs"))
-    with pytest.raises(CompareError, match=r"plain20 seed 0 and configs/plain20\.yaml seed 0"):
+    with pytest.raises(config.ConfigError, match=r"plain20 seed 0 and configs/plain20\.yaml seed 0"):
         plan(["plain20", "configs/plain20.yaml"], [0], FAKE_SETS, None, Path("runs"))
 
 
@@ -331,7 +352,9 @@ def test_a_run_killed_before_its_first_checkpoint_is_refused_not_wiped(cli, tmp_
     result = cli("compare", "plain20", "--runs-dir", tmp_path, *fake_sets(), "--out", tmp_path / "r")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "stopped before their first checkpoint" in result.stderr
-    assert f"--config {run / 'config.yaml'} --runs-dir {tmp_path} --force" in result.stderr.replace("\n", "")
+    # it has no config.yaml, so `--config RUN/config.yaml` would not start it: CONFIG stands for its config
+    expected = f"--config CONFIG --runs-dir {tmp_path} --force, with CONFIG the config of {run}"
+    assert expected in result.stderr.replace("\n", "")
     assert (run / "metrics.jsonl").read_text().startswith('{"iteration": 10')
 
 

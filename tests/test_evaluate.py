@@ -135,6 +135,9 @@ def test_the_images_decide_what_is_compared_not_the_path(
     (run / "config.yaml").write_text(
         (run / "config.yaml").read_text().replace(str(learnable_root), str(copy))
     )
+    saved = checkpoint.load(run / "last.pt")  # as if trained there: config.yaml alone would be refused
+    moved_config = saved["config"] | {"data": saved["config"]["data"] | {"root": str(copy)}}
+    checkpoint.save(saved | {"config": moved_config}, run / "last.pt")
     batch = copy / "cifar-10-batches-py" / "test_batch"
     raw = pickle.loads(batch.read_bytes())
     raw["labels"] = [(y + 1) % 10 for y in raw["labels"]]
@@ -148,7 +151,7 @@ def test_the_images_decide_what_is_compared_not_the_path(
 @pytest.mark.parametrize(
     "damage,args,code,message",
     [
-        (lambda run: shutil.rmtree(run), [], 2, "not a run directory"),
+        (lambda run: shutil.rmtree(run), [], 1, "not a run directory"),
         (lambda run: (run / "last.pt").unlink(), [], 1, "no last.pt"),
         (lambda run: None, ["--set", "model.depth=14"], 2, "may only set data.root"),
         (lambda run: None, ["--device", "gpu"], 2, "run.device"),

@@ -95,10 +95,11 @@ def test_mac_counter_on_a_hand_counted_net() -> None:
 
 @pytest.mark.parametrize("mode", ["train", "eval", "mixed"])
 def test_count_macs_gives_back_the_mode_it_found_and_the_bn_statistics(mode: str) -> None:
-    model = build_model(cfg(8)).train(mode == "train")
+    model = build_model(cfg(8)).train(mode != "eval")
     if mode == "mixed":
         model.stage2.eval()
     before = {name: m.training for name, m in model.named_modules()}
+    assert len(set(before.values())) == (2 if mode == "mixed" else 1)
     stats = {k: v.clone() for k, v in model.state_dict().items()}
     count_macs(model)
     assert {name: m.training for name, m in model.named_modules()} == before

@@ -120,6 +120,7 @@ def test_every_readme_command_resolves_its_configs(
 
     monkeypatch.chdir(tmp_path)  # no runs/ here: nothing is reused, nothing written
     monkeypatch.setattr(config, "load", recording_load)
+    monkeypatch.setattr("resbench.tracking.load", recording_load)  # tracking.load_config: train, compare
     monkeypatch.setattr(resbench.cli, "train_run", stop)
     monkeypatch.setattr(resbench.compare, "plan", plan_then_stop)
     result = cli(*command.args)

@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 from data_fixtures import tiny_set, write_pickles
 
 from resbench import config
+from resbench.files import WriteError, atomic_write
 from resbench.tracking import (
     RunDirError,
     RunLock,
@@ -26,6 +28,8 @@ from resbench.tracking import (
     read_env,
     read_metrics,
     read_summary,
+    refuse_named_twice,
+    rerun_command,
     run_dir_for,
     run_state,
     write_run_files,
@@ -323,6 +327,32 @@ def test_a_summary_from_a_newer_resbench_with_extra_keys_still_reads(tmp_path: P
     assert read_summary(tmp_path).test_error == 2.0 and read_summary(tmp_path).test_samples == 0
 
 
+def test_summary_fields_are_typed_by_their_resolved_annotations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Types were looked up by annotation string, so a later `str | None` field raised KeyError."""
+    import dataclasses
+
+    from resbench import tracking
+
+    later = dataclasses.make_dataclass(
+        "Summary",
+        [("note", "str | None", dataclasses.field(default=None))],
+        bases=(tracking.Summary,),
+        frozen=True,
+    )
+    monkeypatch.setattr(tracking, "Summary", later)
+    base = {"name": "r", "seed": 0, "iterations": 1, "train_error": 1, "train_loss": 1.0, "test_error": 2.0}
+    base |= {"test_loss": 1.0, "val_error": None, "val_loss": 0.5, "params": 1, "macs": 1, "wall_time": 1.0}
+    base |= {"images_per_sec": 1.0, "device": "cpu", "precision": "fp32"}
+    for note in ("kept", None):
+        (tmp_path / "summary.json").write_text(json.dumps(base | {"note": note}))
+        assert read_summary(tmp_path).note == note
+    (tmp_path / "summary.json").write_text(json.dumps(base | {"note": 3, "params": True, "val_error": "x"}))
+    with pytest.raises(RunDirError, match="wrong type for val_error, params, note"):
+        read_summary(tmp_path)
+
+
 def _fail_with(errno_: int) -> Callable[..., None]:
     def fail(*args: object, **kwargs: object) -> None:
         raise OSError(errno_, os.strerror(errno_))
@@ -369,3 +399,158 @@ def test_an_unwritable_run_directory_fails_cleanly_and_deletes_nothing(
     assert before.keys() <= after.keys() and kept == {k: before[k] for k in kept}  # last.pt above all
     if case == "disk-full-at-checkpoint":  # the run went on to its end, then could not save it
         assert "runs/resnet20/seed0/summary.json" not in after
+
+
+# --------------------------------------------------------------------------------------------
+# Opening a run directory: config.yaml is checked against the config saved in last.pt
+
+
+def _edit_config(run: Path, key: str, value: Any) -> None:
+    """Change one dotted key of a run's config.yaml, as a hand edit would."""
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    section, name = key.split(".")
+    raw[section][name] = value
+    (run / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+OPENS = {  # how each command opens the finished run at RUN
+    "train-run-dir": ["train", "-c", str(RUN), "--resume", "--quiet"],
+    "train-config-yaml": ["train", "-c", str(RUN / "config.yaml"), "--resume", "--quiet"],
+    "train-by-name": ["train", "-c", "resnet20", *[a for s in TINY for a in ("--set", s)], "--resume", "-q"],
+    "compare-run-dir": ["compare", str(RUN), "--no-train", "--out", "report"],
+    "compare-by-name": ["compare", "resnet20", *[a for s in TINY for a in ("--set", s)], "--out", "report"],
+    "evaluate": ["evaluate", str(RUN)],
+    "analyze": ["analyze", str(RUN), "--images", "8", "--device", "cpu", "--out", "report"],
+}
+
+
+@pytest.mark.parametrize(("key", "value"), [("optim.lr", 0.05), ("run.seed", 5)])
+@pytest.mark.parametrize("command", OPENS)
+def test_a_hand_edited_config_yaml_of_a_finished_run_is_refused(
+    cli: Callable[..., Any],
+    finished_run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    key: str,
+    value: Any,
+) -> None:
+    """Adversarial rows 27-28: `train --resume` said "done" with the lr-0.1 numbers as if they were
+    lr 0.05's, compare called runs "not trained alike" for a difference that was never trained, and
+    an edited run.seed trained a fresh run in seed5/. last.pt holds the config that was trained."""
+    shutil.copytree(finished_run, tmp_path / "work")
+    monkeypatch.chdir(tmp_path / "work")
+    _edit_config(RUN, key, value)
+    before = snapshot(Path("runs"))
+    result = cli(*OPENS[command])
+    refused(result, f"{RUN / 'config.yaml'} is not the config this run was trained with", key)
+    assert "Restore those values in config.yaml" in result.output and "--set run.name" in result.output
+    assert "done" not in result.stdout and not Path("report").exists()
+    assert snapshot(Path("runs")) == before  # no seed5/, nothing retrained
+
+
+def test_a_key_that_may_change_on_resume_may_differ_in_config_yaml(
+    cli: Callable[..., Any], finished_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(finished_run, tmp_path / "work")
+    monkeypatch.chdir(tmp_path / "work")
+    _edit_config(RUN, "run.checkpoint_every", 2)  # checkpoint.RESUMABLE_CHANGES
+    result = cli(*OPENS["train-run-dir"])
+    assert result.exit_code == 0 and read_summary(RUN).iterations == 8, result.output
+    assert cli(*OPENS["compare-run-dir"]).exit_code == 0
+
+
+@pytest.mark.parametrize("command", OPENS)
+def test_a_run_directory_without_config_yaml_is_named_incomplete(
+    cli: Callable[..., Any], finished_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """Adversarial row 26: summary.json alone said "no config named .../config.yaml ... not a bundled
+    config", exit 2, as if the user had mistyped a name."""
+    shutil.copytree(finished_run, tmp_path / "work")
+    monkeypatch.chdir(tmp_path / "work")
+    for name in ("config.yaml", "last.pt", "metrics.jsonl", "env.json"):
+        (RUN / name).unlink()
+    before = snapshot(RUN)
+    result = cli(*OPENS[command])
+    refused(result, f"{RUN} is a damaged or incomplete run directory", "no config.yaml", "summary.json")
+    assert "not a bundled config" not in result.output and "Traceback" not in result.output
+    assert snapshot(RUN) == before
+
+
+def test_the_force_command_for_a_run_dir_holding_another_nets_config_trains_into_it(
+    cli: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adversarial row 24: plain20's config.yaml in resnet20/seed0 got `--config that/config.yaml
+    --force`, which trains plain20 into plain20/seed0 and leaves this directory as it was."""
+    monkeypatch.chdir(tmp_path)
+    RUN.mkdir(parents=True)
+    (RUN / "config.yaml").write_text(config.load("plain20", TINY).to_yaml())
+    result = resume(cli, "--resume")
+    refused(result, "before its first checkpoint")
+    message = result.output.replace("\n", "")
+    assert f"--config {RUN / 'config.yaml'}" not in message
+    assert f"--config CONFIG --force, with CONFIG the config of {RUN}" in message
+    assert "its config.yaml trains into runs/plain20/seed0" in message
+    assert rerun_command(RUN, "--force").startswith("resbench train --config CONFIG --force")
+    (RUN / "config.yaml").write_text(config.load("resnet20", TINY).to_yaml())  # its own: named as it is
+    assert rerun_command(RUN, "--force") == f"resbench train --config {RUN / 'config.yaml'} --force"
+    assert rerun_command(Path("x") / RUN.parent.name / RUN.name, "--resume") == (
+        "resbench train --config CONFIG --runs-dir x --resume, with CONFIG the config of x/resnet20/seed0 "
+        "(it has no readable config.yaml)"
+    )
+
+
+def test_a_run_directory_opened_for_its_model_is_one_error_and_one_load(
+    cli: Callable[..., Any], finished_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: "not a run directory" exited 1 in analyze but 2 in compare and evaluate, and evaluate
+    read last.pt twice. One function opens a run for its final model, with RunDirError (exit 1)."""
+    from resbench.compare import load_run
+    from resbench.evaluate import evaluate_run
+
+    shutil.copytree(finished_run, tmp_path / "work")
+    monkeypatch.chdir(tmp_path / "work")
+    Path("empty").mkdir()
+    for command in ("analyze", "evaluate"):
+        refused(cli(command, "empty"), "empty is not a run directory (no config.yaml)")
+    with pytest.raises(RunDirError, match="empty is not a run directory"):
+        load_run(Path("empty"))
+    loads: list[str] = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: loads.append(str(f)) or real_load(f, *a, **k))
+    assert evaluate_run(RUN).agrees
+    assert loads == [str(RUN / "last.pt")]
+    shutil.copytree(RUN, "nockpt")
+    (Path("nockpt") / "last.pt").unlink()
+    for command in ("analyze", "evaluate"):
+        refused(cli(command, "nockpt"), "nockpt has no last.pt")
+
+
+def test_one_run_named_twice_is_one_refusal_for_compare_and_analyze() -> None:
+    named = [
+        ("runs/plain20/seed0", Path("runs/plain20/seed0")),
+        ("plain20 seed 0", Path("runs/../runs/plain20/seed0")),
+    ]
+    with pytest.raises(config.ConfigError, match=r"runs/plain20/seed0 and plain20 seed 0 both name the run"):
+        refuse_named_twice(named)
+    refuse_named_twice(named[:1])
+
+
+def test_a_full_disk_reads_the_same_whichever_file_it_stops(
+    tmp_path: Path, cfg: config.RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: tracking._writing replaced the WriteError of config.yaml with a message of its own,
+    while last.pt's WriteError reached the user as it was."""
+    from resbench import checkpoint
+    from resbench.report import writable
+
+    monkeypatch.setattr(os, "fsync", _fail_with(errno.ENOSPC))
+    failures = {}
+    with pytest.raises(WriteError) as failures["config.yaml"]:
+        write_run_files(tmp_path, cfg, {})
+    with pytest.raises(WriteError) as failures["last.pt"]:
+        checkpoint.save({}, tmp_path / "last.pt")
+    with pytest.raises(WriteError) as failures["summary.md"], writable(tmp_path):
+        atomic_write(tmp_path / "summary.md", "x")
+    messages = {str(f.value).replace(str(tmp_path / name), "FILE") for name, f in failures.items()}
+    assert len(messages) == 1 and messages.pop().startswith("cannot write FILE: No space left on device.")

@@ -172,6 +172,16 @@ def kill_after_checkpoints(run_dir: Path, *iterations: int) -> Iterator[dict[int
         yield killed
 
 
+def stopped_at(cfg: config.RunConfig, stop: int, how: str, killed: dict[int, Path], run: Path) -> Path:
+    """`run` as a stop at iteration `stop` leaves it: a signal (the checkpoint is written), or a kill
+    -9 right after the checkpoint there (a copy taken by kill_after_checkpoints)."""
+    if how == "kill":
+        return shutil.copytree(killed[stop], run)
+    with pytest.raises(Interrupted, match="--resume"):
+        train(cfg, run, InterruptAt(stop))
+    return run
+
+
 KILLED_AT = (8, 30)  # after the periodic checkpoint at a log point, and after the last one
 
 
@@ -204,14 +214,53 @@ def one_go(request: pytest.FixtureRequest, learnable_root: Path, tmp_path_factor
 def test_stopped_anywhere_and_resumed_equals_one_go(one_go, stop: int, how: str, tmp_path: Path) -> None:
     """Bit-exact resume on CPU, fp32 and bf16: the same weights, metrics.jsonl and summary.json."""
     cfg, done, killed = one_go
-    run = tmp_path / "run"
-    if how == "kill":
-        shutil.copytree(killed[stop], run)
-    else:
-        with pytest.raises(Interrupted, match="--resume"):
-            train(cfg, run, InterruptAt(stop))
+    run = stopped_at(cfg, stop, how, killed, tmp_path / "run")
     assert checkpoint.load(run / "last.pt")["iteration"] == stop
     assert not (run / "summary.json").exists()
+    train(cfg, run, resume=True)
+    assert_same_run(done, run)
+
+
+# The same run with a warm-up that ends by train error: the running error is 96% at the log points
+# 4 and 8 and 82% at 12, so the warm-up (lr 0.01) ends at 12, well before max_iterations, and the
+# lr is 0.1 from 13 to the milestone at 24. A checkpoint at 12 or at 11 must carry that over exactly.
+WARMUP_BY_ERROR = [
+    *(o for o in RESUME if not o.startswith(("schedule.warmup", "schedule.milestones", "run.checkpoint"))),
+    "schedule.milestones=[24]",
+    "run.checkpoint_every=12",
+    "schedule.warmup={lr: 0.01, until_train_error: 90, max_iterations: 20}",
+]
+
+
+@pytest.fixture(scope="module")
+def warmed_up_in_one_go(learnable_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    cfg = load(learnable_root, *WARMUP_BY_ERROR)
+    run = tmp_path_factory.mktemp("warm-up") / "one-go"
+    with kill_after_checkpoints(run, 12) as killed:
+        train(cfg, run)
+    return cfg, run, killed
+
+
+@pytest.mark.parametrize(
+    "stop, how",
+    [
+        pytest.param(11, "signal", id="just-before-the-log-point-that-ends-it"),
+        pytest.param(12, "signal", id="at-the-log-point-that-ends-it"),
+        pytest.param(12, "kill", id="killed-after-a-checkpoint-at-that-log-point"),
+        pytest.param(13, "signal", id="first-step-at-the-base-lr"),
+    ],
+)
+def test_a_warm_up_ended_by_train_error_resumes_exactly(
+    warmed_up_in_one_go, stop: int, how: str, tmp_path: Path
+) -> None:
+    """Defect 1's path: a stop at or just before the log point where the warm-up ends by error must
+    neither delay nor advance its end."""
+    cfg, done, killed = warmed_up_in_one_go
+    logged = {m["iteration"]: m for m in read_metrics(done) if "lr" in m}
+    assert [logged[i]["error/train"] >= 90 for i in (4, 8, 12)] == [True, True, False]
+    assert [logged[i]["lr"] for i in (12, 16, 20, 24, 28)] == pytest.approx([0.01, 0.1, 0.1, 0.1, 0.01])
+    run = stopped_at(cfg, stop, how, killed, tmp_path / "run")
+    assert checkpoint.load(run / "last.pt")["warming_up"] is (stop < 12)
     train(cfg, run, resume=True)
     assert_same_run(done, run)
 
