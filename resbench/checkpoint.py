@@ -79,7 +79,7 @@ def _unreadable(path: Path, why: str) -> str:
 
 def _why(path: Path, err: Exception) -> str:
     if "weights only load failed" in str(err).lower():
-        # not torch's message: it advises weights_only=False, which would run whatever the file holds
+        # our own words, not torch's: its message suggests the unsafe, code-running load as the fix
         return "it holds more than tensors and plain values, so it was refused (unpickling could run code)"
     if path.stat().st_size == 0:
         return "it is empty (0 bytes)"

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_compare import fake_run
+from test_evaluate import TINY_RUN
 
 from resbench import config
 from resbench.analysis import (
@@ -163,17 +164,7 @@ def trained(learnable_root: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     for name in ("plain20", "resnet20"):
         cfg = config.load(
             name,
-            [
-                "model.width=4",
-                "optim.batch_size=16",
-                "schedule.iterations=20",
-                "schedule.milestones=[]",
-                "run.log_every=5",
-                "run.eval_every=10",
-                f"data.root={learnable_root}",
-                "analysis.every=10",
-                "analysis.images=32",
-            ],
+            [*TINY_RUN, f"data.root={learnable_root}", "analysis.every=10", "analysis.images=32"],
         )
         train(cfg, runs / name / "seed0")
     return runs

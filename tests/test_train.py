@@ -182,6 +182,16 @@ def stopped_at(cfg: config.RunConfig, stop: int, how: str, killed: dict[int, Pat
     return run
 
 
+def in_one_go(
+    cfg: config.RunConfig, run: Path, *kill_at: int
+) -> tuple[config.RunConfig, Path, dict[int, Path]]:
+    """Train `run` without a stop; also keep copies of it as a kill -9 after each checkpoint in `kill_at`
+    would leave it."""
+    with kill_after_checkpoints(run, *kill_at) as killed:
+        train(cfg, run)
+    return cfg, run, killed
+
+
 KILLED_AT = (8, 30)  # after the periodic checkpoint at a log point, and after the last one
 
 
@@ -189,10 +199,7 @@ KILLED_AT = (8, 30)  # after the periodic checkpoint at a log point, and after t
 def one_go(request: pytest.FixtureRequest, learnable_root: Path, tmp_path_factory: pytest.TempPathFactory):
     """The run done in one go, and copies of its directory as kill -9 left them at KILLED_AT."""
     cfg = load(learnable_root, *RESUME, f"run.precision={request.param}")
-    run = tmp_path_factory.mktemp(request.param) / "one-go"
-    with kill_after_checkpoints(run, *KILLED_AT) as killed:
-        train(cfg, run)
-    return cfg, run, killed
+    return in_one_go(cfg, tmp_path_factory.mktemp(request.param) / "one-go", *KILLED_AT)
 
 
 @pytest.mark.parametrize(
@@ -234,11 +241,9 @@ WARMUP_BY_ERROR = [
 
 @pytest.fixture(scope="module")
 def warmed_up_in_one_go(learnable_root: Path, tmp_path_factory: pytest.TempPathFactory):
-    cfg = load(learnable_root, *WARMUP_BY_ERROR)
-    run = tmp_path_factory.mktemp("warm-up") / "one-go"
-    with kill_after_checkpoints(run, 12) as killed:
-        train(cfg, run)
-    return cfg, run, killed
+    return in_one_go(
+        load(learnable_root, *WARMUP_BY_ERROR), tmp_path_factory.mktemp("warm-up") / "one-go", 12
+    )
 
 
 @pytest.mark.parametrize(
