@@ -29,8 +29,9 @@ from torch import Tensor, nn
 
 from resbench import checkpoint, config
 from resbench.data import Data, build_data
+from resbench.errors import ConfigError, RunDirError
 from resbench.models import BasicBlock, Bottleneck, build_model
-from resbench.tracking import RunDirError, read_run_config, refuse_named_twice
+from resbench.tracking import read_run_config, refuse_named_twice
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ def fixed_test_images(data: Data, count: int) -> Tensor:
     """A fixed, seeded sample of test images (the same for every run on the same data), normalised.
     Asking for more images than the test set holds is refused: the numbers would be measured on fewer."""
     if count > len(data.test):
-        raise config.ConfigError(
+        raise ConfigError(
             f"{count:,} test images asked for the layer responses (--images or analysis.images), but the "
             f"test set has {len(data.test):,}: ask for {len(data.test):,} or fewer"
         )
@@ -254,7 +255,7 @@ def summarise_analyses(analyses: list[RunAnalysis]) -> AnalysisReport:
     models = []
     for name, group in groups.items():
         if len({(a.depth, a.residual, len(a.responses)) for a in group}) > 1:
-            raise config.ConfigError(
+            raise ConfigError(
                 f"runs named {name} are different nets: "
                 + ", ".join(
                     f"{a.run_dir} (depth {a.depth}, {'residual' if a.residual else 'plain'})" for a in group

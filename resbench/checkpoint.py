@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from resbench.config import ResbenchError, flatten
+from resbench.config import flatten
+from resbench.errors import CheckpointError
 from resbench.files import atomic_open
 
 CHECKPOINT = "last.pt"
@@ -32,10 +33,6 @@ RESUMABLE_CHANGES = frozenset(
         "analysis.per_channel",
     }
 )
-
-
-class CheckpointError(ResbenchError):
-    exit_code = 1
 
 
 def save(state: dict[str, Any], path: Path) -> None:

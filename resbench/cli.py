@@ -23,11 +23,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from resbench import config as config_mod
-from resbench.config import ResbenchError, RunConfig
+from resbench.config import RunConfig
 from resbench.distributed import from_env
+from resbench.errors import ConfigError, Interrupted, ResbenchError
 from resbench.models import describe
 from resbench.tracking import Summary, Tracker, load_config, run_dir_for
-from resbench.train import Interrupted
 from resbench.train import train as train_run
 
 app = typer.Typer(
@@ -223,7 +223,7 @@ class ConsoleTracker(Tracker):
 
 def _seeds(seed: int | None, seeds: str | None) -> list[int | None]:
     if seed is not None and seeds:
-        raise config_mod.ConfigError("give --seed or --seeds, not both")
+        raise ConfigError("give --seed or --seeds, not both")
     return list(config_mod.parse_seeds(seeds)) if seeds else [seed]
 
 
@@ -411,27 +411,27 @@ def compare(
         from resbench.sweep import run_all, run_all_ray
 
         if jobs < 1:
-            raise config_mod.ConfigError(f"--jobs {jobs}: must be at least 1")
+            raise ConfigError(f"--jobs {jobs}: must be at least 1")
         if backend not in ("local", "ray"):
-            raise config_mod.ConfigError(f"--backend {backend!r}: expected local or ray")
+            raise ConfigError(f"--backend {backend!r}: expected local or ray")
         ray_only = {"--address": address, "--gpus-per-run": gpus_per_run, "--cpus-per-run": cpus_per_run}
         ray_only["--retries"] = retries  # None where not given: the local pool would ignore them silently
         if backend == "local" and (given := [k for k, v in ray_only.items() if v is not None]):
-            raise config_mod.ConfigError(
+            raise ConfigError(
                 f"{', '.join(given)} need --backend ray (--jobs sets the local pool)"
             )
         # Ray would take a negative request or retry count without a word, or fail with its own traceback.
         for option, value in [("--gpus-per-run", gpus_per_run), ("--retries", retries)]:
             if value is not None and value < 0:
-                raise config_mod.ConfigError(f"{option} {value:g}: must be 0 or more")
+                raise ConfigError(f"{option} {value:g}: must be 0 or more")
         if cpus_per_run is not None and not cpus_per_run > 0:
-            raise config_mod.ConfigError(f"--cpus-per-run {cpus_per_run:g}: must be more than 0")
+            raise ConfigError(f"--cpus-per-run {cpus_per_run:g}: must be more than 0")
         overrides = list(set_ or []) + ([f"run.device={device}"] if device else [])
         planned = plan(names, config_mod.parse_seeds(seeds), overrides, preset, runs_dir)
         todo = [p for p in planned if p.state != "finished"]
         if no_train and todo:
             why = {"empty": "not trained", "unfinished": "unfinished"}
-            raise config_mod.ConfigError(
+            raise ConfigError(
                 "--no-train, but these runs are not finished: "
                 + ", ".join(f"{p.run_dir} ({why[p.state]})" for p in todo)
                 + ". Run compare without --no-train to train or resume them."
@@ -543,9 +543,9 @@ def analyze(
     """Layer responses (Figure 7) and how close each residual block is to the identity."""
     with user_errors():
         if images < 1:
-            raise config_mod.ConfigError(f"--images {images}: must be at least 1")
+            raise ConfigError(f"--images {images}: must be at least 1")
         if device not in ("auto", "cuda", "mps", "cpu"):
-            raise config_mod.ConfigError(f"--device {device!r}: expected auto, cuda, mps or cpu")
+            raise ConfigError(f"--device {device!r}: expected auto, cuda, mps or cpu")
         summary = _analyze(run_dirs, out, images, per_channel, device)
     _print_responses(summary)
     console.print(
@@ -634,7 +634,7 @@ def data_prepare(
         from resbench.data import prepare
 
         if dataset not in ("cifar10", "cifar100"):
-            raise config_mod.ConfigError(f"--dataset {dataset!r}: expected cifar10 or cifar100")
+            raise ConfigError(f"--dataset {dataset!r}: expected cifar10 or cifar100")
         console.print(prepare(source, root, dataset), highlight=False)
 
 

@@ -19,9 +19,9 @@ import numpy as np
 
 from resbench import config
 from resbench.checkpoint import changed_keys
-from resbench.config import ResbenchError, RunConfig
+from resbench.config import RunConfig
+from resbench.errors import CompareError, RunDirError
 from resbench.tracking import (
-    RunDirError,
     Summary,
     check_same_config,
     is_run_dir,
@@ -61,10 +61,6 @@ SHARED_KEYS = (
     "schedule.milestones",
     "schedule.gamma",
 )
-
-
-class CompareError(ResbenchError):
-    exit_code = 2
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,19 +33,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-
-class ResbenchError(Exception):
-    """A problem the user can fix. The CLI prints it without a traceback and exits with `exit_code`."""
-
-    exit_code = 1
-    label = "error"
-
-
-class ConfigError(ResbenchError):
-    """A config that cannot be read or is not valid: bad parameter, exit code 2."""
-
-    exit_code = 2
-
+from resbench.errors import ConfigError
 
 # --------------------------------------------------------------------------------------------
 # Sections

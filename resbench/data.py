@@ -36,15 +36,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from resbench.config import DataConfig, ResbenchError
+from resbench.config import DataConfig
+from resbench.errors import DataError
 from resbench.files import atomic_open, describe
-
-
-class DataError(ResbenchError):
-    """Data that is missing, corrupt or unusable; the message names the file and the fix."""
-
-    exit_code = 1
-
 
 CIFAR10_CLASSES = tuple("airplane automobile bird cat deer dog frog horse ship truck".split())
 CIFAR100_CLASSES = tuple(  # the fine labels in official order (which is alphabetical)
@@ -274,7 +268,7 @@ _REBUILD_CACHE = (
 
 
 def _write_cache(path: Path, arrays: _Arrays) -> None:
-    """Write atomically: a crash or a full disk leaves no torn cache (files.WriteError, an OSError)."""
+    """Write atomically: a crash or a full disk leaves no torn cache (WriteError, an OSError)."""
     with atomic_open(path, "wb") as f:
         np.savez(
             f,

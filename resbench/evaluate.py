@@ -19,9 +19,9 @@ import torch
 
 from resbench import config
 from resbench.analysis import final_model
-from resbench.checkpoint import CheckpointError
-from resbench.config import ConfigError, flatten
+from resbench.config import flatten
 from resbench.data import build_data
+from resbench.errors import CheckpointError, ConfigError
 from resbench.tracking import SUMMARY, read_summary
 from resbench.train import autocast, evaluate, resolve_device, resolve_precision
 

@@ -15,19 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from resbench.config import ResbenchError
-
-
-class WriteError(ResbenchError, OSError):
-    """A file that could not be written. Still an OSError, so callers that tolerate one keep doing so."""
-
-    exit_code = 1
-
-    def __str__(self) -> str:
-        return (
-            f"cannot write {self.filename}: {self.strerror}. Free space there or make the folder "
-            "writable, or choose another folder (--runs-dir, --out, --root)"
-        )
+from resbench.errors import WriteError
 
 
 def describe(err: OSError) -> str:

@@ -26,13 +26,9 @@ from matplotlib.figure import Figure
 
 from resbench.analysis import AnalysisReport, RunAnalysis
 from resbench.compare import Report
-from resbench.config import ResbenchError
-from resbench.files import WriteError, atomic_open, atomic_write
+from resbench.errors import ReportError, WriteError
+from resbench.files import atomic_open, atomic_write
 from resbench.tracking import read_env
-
-
-class ReportError(ResbenchError):
-    exit_code = 1
 
 
 @contextmanager

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resbench.config import ConfigError, ResbenchError, RunConfig, validate
+from resbench.config import RunConfig, validate
+from resbench.errors import ConfigError, ResbenchError
 from resbench.tracking import RunLock, Summary, Tracker
 
 
@@ -185,7 +186,8 @@ def _worker(
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before torch looks at CUDA
     import torch
 
-    from resbench.train import Interrupted, train
+    from resbench.errors import Interrupted
+    from resbench.train import train
 
     torch.set_num_threads(threads)
     stopped = False
@@ -424,7 +426,7 @@ def _drain_ray(events: Any, on_event: Callable[[Event], None]) -> None:
 def retriable(err: BaseException) -> bool:
     """Whether a failed run may succeed when tried again from its checkpoint. A config error, a
     divergence or running out of memory would only happen again."""
-    from resbench.train import Diverged
+    from resbench.errors import Diverged
 
     if isinstance(err, (ConfigError, Diverged, MemoryError)):
         return False

@@ -38,21 +38,15 @@ import torch
 import resbench
 from resbench.checkpoint import CHECKPOINT, Saved, changed_keys
 from resbench.checkpoint import load as load_checkpoint
-from resbench.config import ConfigError, ResbenchError, RunConfig, flatten, load, validate
-from resbench.data import DataError
-from resbench.files import WriteError, atomic_write, describe
+from resbench.config import RunConfig, flatten, load, validate
+from resbench.errors import ConfigError, DataError, ResbenchError, RunDirError, WriteError
+from resbench.files import atomic_write, describe
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 ENV = "env.json"
 LOCK = ".lock"
 RUN_FILES = ("config.yaml", CHECKPOINT, SUMMARY, METRICS, ENV)  # any of them makes a folder a run directory
-
-
-class RunDirError(ResbenchError):
-    """A run directory that cannot be used as asked: busy, occupied, damaged or not writable."""
-
-    exit_code = 1
 
 
 @contextmanager

@@ -26,9 +26,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from resbench import checkpoint, distributed
 from resbench.analysis import TrainingProbe, fixed_test_images
-from resbench.config import ConfigError, OptimConfig, ResbenchError, RunConfig, ScheduleConfig
+from resbench.config import OptimConfig, RunConfig, ScheduleConfig
 from resbench.data import Batches, Data, Split, build_data
 from resbench.distributed import Dist
+from resbench.errors import ConfigError, Diverged, Interrupted, ResbenchError
 from resbench.models import build_model, count_macs, count_params
 from resbench.tracking import (
     RunFiles,
@@ -44,20 +45,6 @@ from resbench.tracking import (
     rerun_command,
     write_run_files,
 )
-
-
-class Interrupted(ResbenchError):
-    """SIGINT or SIGTERM: the checkpoint is written and the run can be resumed."""
-
-    exit_code = 130
-    label = "stopped"
-
-
-class Diverged(ResbenchError):
-    """The loss, the weights or the BN statistics became NaN or infinite; earlier checkpoints are kept."""
-
-    exit_code = 1
-
 
 # --------------------------------------------------------------------------------------------
 # Device and precision

@@ -23,6 +23,7 @@ from resbench.analysis import (
     response_layers,
     summarise_analyses,
 )
+from resbench.errors import ConfigError
 from resbench.models import build_model
 from resbench.report import figure7, write_analysis
 from resbench.train import train
@@ -198,7 +199,7 @@ def test_the_probe_keeps_resume_exact(learnable_root: Path, tmp_path: Path) -> N
     from test_train import InterruptAt
 
     from resbench import checkpoint
-    from resbench.train import Interrupted
+    from resbench.errors import Interrupted
 
     cfg = config.load(
         "resnet20",
@@ -328,7 +329,7 @@ def test_runs_of_one_name_must_be_one_net(depths: tuple[int, int]) -> None:
         for i, d in enumerate(depths)
     ]
     with pytest.raises(
-        config.ConfigError, match=r"runs named plain20 are different nets: runs0/plain20/seed0 "
+        ConfigError, match=r"runs named plain20 are different nets: runs0/plain20/seed0 "
     ):
         summarise_analyses(runs)
 
@@ -337,6 +338,6 @@ def test_one_run_named_twice_is_refused() -> None:
     one = RunAnalysis(Path("runs/plain20/seed0"), "plain20", 8, False, [LayerResponse(1, "l0", 1.0)], [])
     again = RunAnalysis(Path("runs/plain20/../plain20/seed0"), *[one.name, 8, False, one.responses, []])
     with pytest.raises(
-        config.ConfigError, match=r"runs/plain20/seed0 and runs/plain20/\.\./plain20/seed0 both name"
+        ConfigError, match=r"runs/plain20/seed0 and runs/plain20/\.\./plain20/seed0 both name"
     ):
         summarise_analyses([one, again])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from resbench import checkpoint
-from resbench.checkpoint import CheckpointError
+from resbench.errors import CheckpointError
 
 
 def test_round_trip_with_weights_only(tmp_path: Path) -> None:

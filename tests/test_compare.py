@@ -15,7 +15,6 @@ from matplotlib.collections import PolyCollection
 from resbench import config
 from resbench.compare import (
     SEED_SPREAD,
-    CompareError,
     Row,
     Stat,
     aligned,
@@ -26,9 +25,10 @@ from resbench.compare import (
     verdict,
 )
 from resbench.config import parse_seeds
+from resbench.errors import CompareError, ConfigError, Interrupted, RunDirError
 from resbench.report import figure6, write_report
-from resbench.tracking import RunDirError, read_summary
-from resbench.train import Interrupted, train
+from resbench.tracking import read_summary
+from resbench.train import train
 
 # ------------------------------------------------------------------------------------------
 # Fabricated runs: what a finished run leaves on disk, with numbers chosen by the test
@@ -127,9 +127,9 @@ def test_stat_mean_and_sample_std_by_hand() -> None:
 
 def test_seeds_parse_as_count_or_list() -> None:
     assert parse_seeds("3") == [0, 1, 2] and parse_seeds("4,7") == [4, 7] and parse_seeds("5,") == [5]
-    with pytest.raises(config.ConfigError):
+    with pytest.raises(ConfigError):
         parse_seeds("x")
-    with pytest.raises(config.ConfigError):
+    with pytest.raises(ConfigError):
         parse_seeds("0")
 
 
@@ -315,7 +315,7 @@ def test_plan_reuses_finished_runs_and_refuses_one_with_another_config(tmp_path:
     (p,) = plan(["plain20"], [0], sets, None, tmp_path)
     assert p.state == "finished" and p.run_dir == tmp_path / "plain20" / "seed0"
     assert [q.state for q in plan(["plain20"], [0, 1], sets, None, tmp_path)] == ["finished", "empty"]
-    with pytest.raises(config.ConfigError, match=r"differs in optim\.lr"):
+    with pytest.raises(ConfigError, match=r"differs in optim\.lr"):
         plan(["plain20"], [0], [*sets, "optim.lr=0.05"], None, tmp_path)
     assert plan([str(tmp_path / "plain20" / "seed0")], [5], [], None, tmp_path)[0].cfg.run.seed == 0
 
@@ -333,13 +333,13 @@ def test_one_run_named_twice_is_refused(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.chdir(tmp_path)
     fake_run(Path("runs"), "plain20", 0, 6, 9)
     with pytest.raises(
-        config.ConfigError, match=r"runs/plain20/seed0 and plain20 seed 0 both name the run directory"
+        ConfigError, match=r"runs/plain20/seed0 and plain20 seed 0 both name the run directory"
     ):
         plan(["runs/plain20/seed0", "plain20"], [0], FAKE_SETS, None, Path("runs"))
     spellings = ["runs/plain20/seed0", str(tmp_path / "runs" / "plain20" / "seed0") + "/"]
-    with pytest.raises(config.ConfigError, match=r"would count twice\. Name each run once"):
+    with pytest.raises(ConfigError, match=r"would count twice\. Name each run once"):
         plan(spellings, [0], [], None, Path("runs"))
-    with pytest.raises(config.ConfigError, match=r"plain20 seed 0 and configs/plain20\.yaml seed 0"):
+    with pytest.raises(ConfigError, match=r"plain20 seed 0 and configs/plain20\.yaml seed 0"):
         plan(["plain20", "configs/plain20.yaml"], [0], FAKE_SETS, None, Path("runs"))
 
 

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from resbench import config
-from resbench.config import ConfigError, RunConfig
+from resbench.config import RunConfig
+from resbench.errors import ConfigError
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -493,5 +494,5 @@ def test_train_with_duplicate_seeds_exits_2_before_training(cli, tmp_path: Path)
 )
 def test_a_boolean_is_not_a_number(override: str, where: str) -> None:
     """pydantic's lax mode read `true` as 1, so `optim.lr=true` trained at lr 1.0 without a word."""
-    with pytest.raises(config.ConfigError, match=rf"{re.escape(where)}: must be a number, got (true|false)"):
+    with pytest.raises(ConfigError, match=rf"{re.escape(where)}: must be a number, got (true|false)"):
         config.load("resnet20", [override])

@@ -36,7 +36,8 @@ from PIL import Image
 
 from resbench import data as data_mod
 from resbench.config import DataConfig
-from resbench.data import Batches, Data, DataError, Split, build_data, prepare
+from resbench.data import Batches, Data, Split, build_data, prepare
+from resbench.errors import DataError
 
 
 def load(root: Path, **cfg: object) -> Data:

@@ -17,6 +17,7 @@ from data_fixtures import Tiny, write_pickles
 from resbench import checkpoint, config, distributed
 from resbench.data import Batches, build_data
 from resbench.distributed import Dist, shard
+from resbench.errors import ConfigError
 from resbench.evaluate import evaluate_run
 from resbench.tracking import read_metrics, read_summary
 
@@ -147,7 +148,7 @@ def test_global_batch_must_divide_by_the_world_size(
     monkeypatch.setattr(train_mod.distributed, "setup", lambda d, device: False)
     monkeypatch.setattr(train_mod.distributed, "broadcast_int", lambda v, device: v)
     cfg = config.load("resnet20", ["optim.batch_size=16", f"data.root={learnable_root}", "run.device=cpu"])
-    with pytest.raises(config.ConfigError, match="must divide by the 3 processes"):
+    with pytest.raises(ConfigError, match="must divide by the 3 processes"):
         train_mod.train(cfg, tmp_path / "run")
 
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from resbench import checkpoint, config
+from resbench.errors import Interrupted
 from resbench.evaluate import EXACT, ROUNDING, evaluate_run
 from resbench.tracking import Tracker, read_summary
-from resbench.train import Interrupted, train
+from resbench.train import train
 
 # A tiny net that trains in about a second: 20 steps of 16 images, a log every 5, an eval every 10.
 TINY_RUN = [

@@ -8,7 +8,7 @@ import pytest
 from test_compare import TINY
 
 from resbench import config
-from resbench.config import ResbenchError
+from resbench.errors import ResbenchError
 from resbench.sweep import run_all_ray
 
 ray = pytest.importorskip("ray")

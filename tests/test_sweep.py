@@ -18,9 +18,8 @@ import pytest
 import torch
 from test_compare import TINY
 
-from resbench.config import ConfigError, ResbenchError
+from resbench.errors import ConfigError, Diverged, ResbenchError
 from resbench.sweep import retriable, visible_gpus, worker_layout
-from resbench.train import Diverged
 
 # ------------------------------------------------------------------------------------------
 # GPUs and threads, with CUDA mocked: nothing here needs a GPU

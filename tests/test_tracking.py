@@ -19,9 +19,9 @@ import yaml
 from data_fixtures import tiny_set, write_pickles
 
 from resbench import config
-from resbench.files import WriteError, atomic_write
+from resbench.errors import ConfigError, RunDirError, WriteError
+from resbench.files import atomic_write
 from resbench.tracking import (
-    RunDirError,
     RunLock,
     Tracker,
     prepare_run_dir,
@@ -531,7 +531,7 @@ def test_one_run_named_twice_is_one_refusal_for_compare_and_analyze() -> None:
         ("runs/plain20/seed0", Path("runs/plain20/seed0")),
         ("plain20 seed 0", Path("runs/../runs/plain20/seed0")),
     ]
-    with pytest.raises(config.ConfigError, match=r"runs/plain20/seed0 and plain20 seed 0 both name the run"):
+    with pytest.raises(ConfigError, match=r"runs/plain20/seed0 and plain20 seed 0 both name the run"):
         refuse_named_twice(named)
     refuse_named_twice(named[:1])
 

@@ -17,11 +17,9 @@ import pytest
 import torch
 
 from resbench import checkpoint, config
-from resbench.config import ConfigError
-from resbench.tracking import RunDirError, RunLock, Tracker, read_metrics, read_summary
+from resbench.errors import ConfigError, Diverged, Interrupted, RunDirError
+from resbench.tracking import RunLock, Tracker, read_metrics, read_summary
 from resbench.train import (
-    Diverged,
-    Interrupted,
     LrSchedule,
     build_optimizer,
     native_bf16,
