@@ -1,8 +1,9 @@
-"""Tiny CIFAR data in every on-disk form `resbench.data` reads: random pixels, a few images per class.
+"""Tiny CIFAR data in every on-disk form `resbench.cifar` reads: random pixels, a few images per class.
 
-Writers take a `Tiny` set and a destination, so a test can put any form anywhere; the fixtures at the
-bottom (imported by conftest.py) give the common cases. Images are random uint8, so every image is
-unique and a test can check that exactly the written pixels come back.
+Writers take a `Tiny` set and a destination, so a test can put any form anywhere; `load` reads a root
+the way training does; the fixtures at the bottom (imported by conftest.py) give the common cases.
+Images are random uint8, so every image is unique and a test can check that exactly the written
+pixels come back.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resbench.data import _SPECS, prepare
+from resbench.cifar import _SPECS, prepare
+from resbench.config import DataConfig
+from resbench.data import Data, build_data
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -111,8 +114,13 @@ def md5s(*paths: Path) -> dict[str, str]:
 
 
 def pretend_official(monkeypatch: pytest.MonkeyPatch, sums: dict[str, str]) -> None:
-    """Make `resbench.data` take `sums` as torchvision's official md5 table."""
-    monkeypatch.setattr("resbench.data._official_md5s", lambda spec: sums)
+    """Make `resbench.cifar` take `sums` as torchvision's official md5 table."""
+    monkeypatch.setattr("resbench.cifar._official_md5s", lambda spec: sums)
+
+
+def load(root: Path, **cfg: object) -> Data:
+    """`build_data` on the CPU for the data under `root`, with `cfg` as the other data.* keys."""
+    return build_data(DataConfig(root=str(root), **cfg), "cpu")
 
 
 @pytest.fixture
