@@ -1,9 +1,11 @@
-"""Checkpoints: one atomic `last.pt` per run, loaded safely, and the checks that make resume exact.
+"""Checkpoints on disk: an atomic save, a safe load, and `Saved`, a loaded checkpoint whose missing
+key is a clear error.
 
-`save` writes to a temp file, fsyncs it and renames it over `last.pt` (files.atomic_open), so a
-crash mid-write leaves the previous checkpoint intact. `load` uses `torch.load(weights_only=True)`:
-a checkpoint holds only tensors and plain Python values (RNG states are uint8 tensors). What goes
-into a checkpoint is decided by `train.py`; this module only moves it to and from disk.
+`save` writes to a temp file, fsyncs it and renames it over the checkpoint (files.atomic_open), so a
+crash mid-write leaves the previous one intact. `load` uses `torch.load(weights_only=True)`: a
+checkpoint holds only tensors and plain Python values (RNG states are uint8 tensors). What goes into
+a checkpoint is decided by `train.py`, where it lives (`last.pt`) and whether a resume may use it
+(the same config, the same data) by `rundir.py`; this module only moves it to and from disk.
 """
 
 from __future__ import annotations
@@ -14,25 +16,8 @@ from typing import Any
 
 import torch
 
-from resbench.config import flatten
 from resbench.errors import CheckpointError
 from resbench.files import atomic_open
-
-CHECKPOINT = "last.pt"
-
-# Keys that may change between a run and its resume without changing what is computed. run.device
-# only where it resolves to the same device type (auto -> cuda): train.py checks it.
-RESUMABLE_CHANGES = frozenset(
-    {
-        "run.device",
-        "run.compile",
-        "run.deterministic",
-        "run.checkpoint_every",
-        "analysis.every",
-        "analysis.images",
-        "analysis.per_channel",
-    }
-)
 
 
 def save(state: dict[str, Any], path: Path) -> None:
@@ -82,9 +67,3 @@ def _why(path: Path, err: Exception) -> str:
         return "it is empty (0 bytes)"
     first = str(err).strip().split(". ")[0][:200]
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
-
-
-def changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ between two resolved configs, ignoring harmless ones."""
-    a, b = flatten(saved), flatten(current)
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)

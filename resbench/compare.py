@@ -4,8 +4,8 @@
     load_run(run_dir)                               -> RunRecord        a finished run from disk
     summarise(records)                              -> Report           rows, curves, findings
 
-Pure: nothing here prints, trains or draws. cli.py renders a `Report`; report.py writes its
-figure and files; sweep.py trains what `plan` finds missing.
+Pure: nothing here prints, trains or draws. experiment.py has sweep.py train what `plan` finds
+missing; console.py renders a `Report`, and report.py writes its figure and files.
 """
 
 from __future__ import annotations
@@ -14,15 +14,19 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from resbench import config
-from resbench.checkpoint import changed_keys
 from resbench.config import RunConfig
 from resbench.errors import CompareError, RunDirError
-from resbench.tracking import (
+from resbench.rundir import (
+    CONFIG,
+    SUMMARY,
+    RunState,
     Summary,
+    changed_keys,
     check_same_config,
     is_run_dir,
     load_config,
@@ -71,7 +75,7 @@ SHARED_KEYS = (
 class Planned:
     cfg: RunConfig
     run_dir: Path
-    state: str  # as tracking.run_state: finished (reused), unfinished (resumed), empty (trained)
+    state: RunState  # finished (reused), unfinished (resumed), empty (trained)
 
 
 def plan(
@@ -85,7 +89,7 @@ def plan(
         path = Path(name)
         if is_run_dir(path):
             trained, _ = read_run_config(path)
-            asked = config.load(path / "config.yaml", overrides, preset)
+            asked = config.load(path / CONFIG, overrides, preset)
             if changed := changed_keys(trained.to_dict(), asked.to_dict()):
                 # a run directory is compared as it was trained: ignoring --set would report other numbers
                 raise CompareError(
@@ -132,7 +136,7 @@ def load_run(run_dir: Path) -> RunRecord:
     metrics = read_metrics(run_dir)
     if not metrics:
         raise CompareError(f"{run_dir} has no metrics.jsonl: the run never logged. Train it first.")
-    if not (run_dir / "summary.json").is_file():
+    if not (run_dir / SUMMARY).is_file():
         raise CompareError(
             f"{run_dir} is unfinished (no summary.json). Resume it, or compare without --no-train."
         )
@@ -216,10 +220,14 @@ class Curve:
     test_std: np.ndarray
 
 
+FindingKind = Literal["degradation", "residual fix", "deeper resnet"]
+Status = Literal["shown", "not shown", "inconclusive"]  # what the data say of a finding's claim
+
+
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # "degradation", "residual fix" or "deeper resnet"
-    status: str  # "shown", "not shown" or "inconclusive"
+    kind: FindingKind
+    status: Status
     text: str
     threshold: float  # points of train error a difference had to exceed to count
     reason: str = ""  # why it is inconclusive regardless of the difference, e.g. "not trained yet"
@@ -366,7 +374,11 @@ def _seeds(a: Stat, b: Stat) -> str:
     return f"{a.n} seeds" if a.n > 1 else "1 seed each"
 
 
-LABELS = {"degradation": "Degradation", "residual fix": "Residual fix", "deeper resnet": "Deeper ResNet"}
+LABELS: dict[FindingKind, str] = {
+    "degradation": "Degradation",
+    "residual fix": "Residual fix",
+    "deeper resnet": "Deeper ResNet",
+}
 
 
 def verdict(rows: list[Row]) -> list[Finding]:
@@ -390,7 +402,7 @@ def verdict(rows: list[Row]) -> list[Finding]:
     return findings
 
 
-def _compare(kind: str, a: Row, b: Row, expected_sign: int, pooled: float | None) -> Finding:
+def _compare(kind: FindingKind, a: Row, b: Row, expected_sign: int, pooled: float | None) -> Finding:
     """`a` against `b` in train error, where `expected_sign` is the sign the paper predicts for a - b."""
     diff = a.train_error.mean - b.train_error.mean
     limit, basis = threshold(a.train_error, b.train_error, pooled, a.iterations)
@@ -411,6 +423,7 @@ def _compare(kind: str, a: Row, b: Row, expected_sign: int, pooled: float | None
             limit,
             "not trained yet",
         )
+    status: Status
     if abs(diff) < limit:
         status = "inconclusive"
     else:

@@ -43,6 +43,8 @@ Positive = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 AtLeast1 = Annotated[int, Field(ge=1)]
 Interval = Annotated[int, Field(ge=0)]  # iterations between two events; 0 has a documented meaning
+Device = Literal["auto", "cuda", "mps", "cpu"]  # run.device and the commands' --device
+Dataset = Literal["cifar10", "cifar100"]  # data.dataset and `data prepare --dataset`
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}  # data.dataset -> model.num_classes
 TRAIN_IMAGES = 50_000  # CIFAR-10 and CIFAR-100 alike; data.val_size must leave some of them
 
@@ -109,7 +111,7 @@ class ModelConfig(_Section):
 class DataConfig(_Section):
     """Where the images come from and how they are prepared (§4.2)."""
 
-    dataset: Literal["cifar10", "cifar100"] = "cifar10"
+    dataset: Dataset = "cifar10"
     root: str = "data"  # searched for cifar-10-batches-py/, the official .tar.gz or train/ + test/
     download: bool = False  # fetch the official archive with torchvision's downloader
     # 5000 gives the paper's 45k/5k split for choosing a schedule (§4.2)
@@ -179,7 +181,7 @@ class RunSettings(_Section):
 
     name: str = ""  # the run directory's name; empty: the config file's name (+ preset)
     seed: int = Field(default=0, ge=0, lt=2**32)  # init, batch order and augmentation; the run dir's seed<k>
-    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # auto: cuda, then mps, then cpu
+    device: Device = "auto"  # auto: cuda, then mps, then cpu
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the hardware runs it natively
     compile: bool = False  # torch.compile the model (helps on CUDA; slower on small CPUs)
     deterministic: bool = False  # deterministic kernels, no cudnn.benchmark: exact resume on GPU, slower
@@ -193,7 +195,7 @@ class RunSettings(_Section):
     def _path_safe(cls, name: str) -> str:
         bad = any(c in name for c in "/\\\0") or name in (".", "..") or len(name.encode()) > 255
         if bad:
-            raise ValueError(f"must be a plain directory name (up to 255 bytes), got {_clip(name)}")
+            raise ValueError(f"must be a plain directory name (up to 255 bytes), got {clip(name)}")
         return name
 
 
@@ -269,31 +271,6 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-MAX_SEEDS = 1000  # a typo like --seeds 1000000 should not queue a million runs
-
-
-def parse_seeds(seeds: str) -> list[int]:
-    """`3` means seeds 0, 1, 2; `0,4,7` means those seeds. Duplicates and negatives are refused."""
-    what = f"--seeds {_clip(seeds)}"
-    try:
-        values = [int(s) for s in seeds.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(f"{what}: expected a count (3) or a list (0,1,2)") from None
-    if "," not in seeds and len(values) == 1:
-        if not 1 <= values[0] <= MAX_SEEDS:
-            raise ConfigError(f"{what}: a count must be between 1 and {MAX_SEEDS}")
-        return list(range(values[0]))
-    if not values or len(values) > MAX_SEEDS:
-        raise ConfigError(f"{what}: expected 1 to {MAX_SEEDS} seeds, e.g. --seeds 0,1,2")
-    if min(values) < 0:
-        raise ConfigError(f"{what}: seeds are 0 or more")
-    repeated = sorted({v for v in values if values.count(v) > 1})
-    if repeated:
-        seeds_text = "s" * (len(repeated) > 1) + " " + ", ".join(map(str, repeated))
-        raise ConfigError(f"{what}: repeats seed{seeds_text}; give each seed once")
-    return values
-
-
 # --------------------------------------------------------------------------------------------
 # Finding configs
 
@@ -320,12 +297,13 @@ def resolve_path(name_or_path: str | Path) -> Path:
         if path.is_file():
             return path
         if path.is_dir():
-            if (path / "config.yaml").is_file():  # a run directory
+            # a run directory; rundir.CONFIG spelled out, as rundir imports this module
+            if (path / "config.yaml").is_file():
                 return path / "config.yaml"
             raise ConfigError(f"{path} is a directory with no config.yaml in it")
     except (OSError, RuntimeError) as err:  # a name too long for the file system, ~unknown-user, ...
         why = getattr(err, "strerror", None) or err
-        raise ConfigError(f"cannot look up a config named {_clip(str(name_or_path))}: {why}") from None
+        raise ConfigError(f"cannot look up a config named {clip(str(name_or_path))}: {why}") from None
     stem = path.name.removesuffix(".yaml").removesuffix(".yml")
     bundled = configs_dir() / f"{stem}.yaml"
     if bundled.is_file() and len(path.parts) <= 2:  # `resnet56`, `resnet56.yaml`, `configs/resnet56.yaml`
@@ -334,7 +312,7 @@ def resolve_path(name_or_path: str | Path) -> Path:
     close = difflib.get_close_matches(stem, names, n=3)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
     raise ConfigError(
-        f"no config named {_clip(str(name_or_path))}{hint}\n"
+        f"no config named {clip(str(name_or_path))}{hint}\n"
         f"It is not a file here, nor a bundled config. Bundled configs: {', '.join(names)}"
     )
 
@@ -356,7 +334,7 @@ def load(
     for override in overrides:
         _apply_override(raw, override)
     if not isinstance(raw.get("run", {}), dict):
-        raise ConfigError(f"{path}: run: must be a mapping, got {_clip(raw['run'])}")
+        raise ConfigError(f"{path}: run: must be a mapping, got {clip(raw['run'])}")
     run = raw.setdefault("run", {})
     if not run.get("name"):
         suffix = f"-{preset}" if preset and preset != "paper" else ""
@@ -393,11 +371,11 @@ def _describe(error: Any) -> str:
         return f"{where}: unknown key; {hint}allowed: {', '.join(allowed)}"
     value = error.get("input")
     if error["type"] in _BOUNDS:
-        return f"{where}: {_allowed_range(_section(loc[:-1]).model_fields[loc[-1]])}, got {_clip(value)}"
+        return f"{where}: {_allowed_range(_section(loc[:-1]).model_fields[loc[-1]])}, got {clip(value)}"
     if error["type"] == "finite_number":
         msg = "must be a finite number"
     if error["type"] != "value_error" and not isinstance(value, dict):
-        msg += f" (got {_clip(value)})"
+        msg += f" (got {clip(value)})"
     return f"{where}: {msg}"
 
 
@@ -429,7 +407,7 @@ _SHORT = reprlib.Repr()
 _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 80, 80
 
 
-def _clip(value: Any) -> str:
+def clip(value: Any) -> str:
     """A bounded repr: a YAML alias bomb echoed in full would exhaust memory."""
     return _cut(_SHORT.repr(value))
 
@@ -475,12 +453,12 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     if base is None:
         return data
     if not isinstance(base, str):
-        raise ConfigError(f"{path}: _base_ must be a file name, got {_clip(base)}")
+        raise ConfigError(f"{path}: _base_ must be a file name, got {clip(base)}")
     base_path = path.parent / base
     try:
         found = base_path.is_file()
     except OSError as err:  # e.g. a name too long for the file system
-        raise ConfigError(f"{path}: _base_ {_clip(base)}: {err.strerror}") from None
+        raise ConfigError(f"{path}: _base_ {clip(base)}: {err.strerror}") from None
     if not found:
         raise ConfigError(f"{path}: _base_ file {base_path} does not exist")
     return _merge(_read_with_bases(base_path, (*chain, path)), data)
@@ -488,7 +466,7 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
 
 def _read_preset(preset: str) -> dict[str, Any]:
     if preset not in preset_names():  # a name, never a path: `../x` must not reach outside presets/
-        raise ConfigError(f"no preset named {_clip(preset)}; presets: {', '.join(preset_names())}")
+        raise ConfigError(f"no preset named {clip(preset)}; presets: {', '.join(preset_names())}")
     return _read_yaml(configs_dir() / "presets" / f"{preset}.yaml")
 
 
@@ -506,7 +484,7 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 def _apply_override(raw: dict[str, Any], override: str) -> None:
     """`a.b=value` sets raw['a']['b'], the value parsed as YAML (`1e-3`, `[1, 2]`, `null`)."""
     key, sep, text = override.partition("=")
-    what = f"--set {_clip(override)}"
+    what = f"--set {clip(override)}"
     if not sep or not key.strip():
         raise ConfigError(f"{what}: expected KEY=VALUE, e.g. --set optim.lr=0.05")
     try:

@@ -24,11 +24,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from resbench.analysis import AnalysisReport, RunAnalysis
+from resbench.analysis.responses import AnalysisReport, RunAnalysis
 from resbench.compare import Report
 from resbench.errors import ReportError, WriteError
 from resbench.files import atomic_open, atomic_write
-from resbench.tracking import read_env
+from resbench.rundir import read_env
 
 
 @contextmanager

@@ -3,12 +3,12 @@
     run_all(tasks, jobs, on_event)                            -> list[Outcome]   --backend local
     run_all_ray(tasks, address, gpus, cpus, retries, on_event) -> list[Outcome]  --backend ray
 
-Each task is `train.train(cfg, run_dir, resume=True, wait=True)`: a finished run with the same
-config is reused, an unfinished one resumed, a missing one trained, the same code path as
-`resbench train`. The run lock makes a second sweep over the same runs wait and then reuse them.
-Workers split the CPU cores between them, or take one GPU each (round robin over the GPUs this
-process may use). A failed run is reported in its `Outcome` and does not stop the others. Progress
-comes back as `Event`s.
+Each task is `train.train(cfg, run_dir, resume=True, wait=True)`, in one place (`_train_task`): a
+finished run with the same config is reused, an unfinished one resumed, a missing one trained, the
+same code path as `resbench train`. The run lock makes a second sweep over the same runs wait and
+then reuse them. Workers split the CPU cores between them, or take one GPU each (round robin over
+the GPUs this process may use). A failed run is reported in its `Outcome` and does not stop the
+others. Progress comes back as `Event`s.
 
 A stop (Ctrl-C or SIGTERM to the parent) reaches every worker: each running run writes its
 checkpoint at its next step, no queued run starts, and `run_all` raises KeyboardInterrupt once the
@@ -33,19 +33,23 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from resbench.config import RunConfig, validate
 from resbench.errors import ConfigError, ResbenchError
-from resbench.tracking import RunLock, Summary, Tracker
+from resbench.rundir import RunLock, Summary
+from resbench.tracking import Tracker
+
+# start, step, log and note come from a run as it trains; done carries its Outcome
+EventKind = Literal["start", "step", "log", "note", "done"]
 
 
 @dataclass(frozen=True)
 class Event:
-    """What a sweep reports: kind is start, step, log or note (from a worker), or done."""
+    """What a sweep reports about one run."""
 
     run_dir: Path
-    kind: str
+    kind: EventKind
     iteration: int = 0
     total: int = 0
     metrics: Mapping[str, float] | None = None
@@ -62,6 +66,14 @@ class Outcome:
         """The `done` event that reports this outcome."""
         text = f"failed: {self.error}" if self.error else f"done, test error {self.summary.test_error:.2f}%"
         return Event(self.run_dir, "done", message=text)
+
+
+def _train_task(cfg: dict[str, Any], run_dir: Path, tracker: Tracker) -> Summary:
+    """One task, in a local worker process or a Ray task: `resbench train --resume` that waits on the
+    run's lock instead of refusing a run another sweep holds."""
+    from resbench.train import train  # in the worker, after it has chosen its GPU
+
+    return train(validate(cfg), run_dir, tracker, resume=True, wait=True)
 
 
 class QueueTracker(Tracker):
@@ -187,7 +199,6 @@ def _worker(
     import torch
 
     from resbench.errors import Interrupted
-    from resbench.train import train
 
     torch.set_num_threads(threads)
     stopped = False
@@ -200,8 +211,7 @@ def _worker(
         cfg, run_dir = tasks[i]
         path = Path(run_dir)
         try:
-            summary = train(validate(cfg), path, _WorkerTracker(events, path, parent), resume=True, wait=True)
-            outcome = Outcome(path, summary, None)
+            outcome = Outcome(path, _train_task(cfg, path, _WorkerTracker(events, path, parent)), None)
         except (Interrupted, KeyboardInterrupt) as err:
             outcome, stopped = Outcome(path, None, str(err) or "stopped while waiting for its lock"), True
         except Exception as err:
@@ -313,8 +323,6 @@ def _ray_train(cfg_dict: dict[str, Any], run_dir: str, cwd: str, events: Any, th
 
     import torch
 
-    from resbench.train import train
-
     host = socket.gethostname()
     try:
         os.chdir(cwd)
@@ -328,7 +336,7 @@ def _ray_train(cfg_dict: dict[str, Any], run_dir: str, cwd: str, events: Any, th
             "and the working directory must be on storage every node can reach (a shared filesystem)."
         ) from None
     torch.set_num_threads(threads)
-    return train(validate(cfg_dict), path, QueueTracker(events, path), resume=True, wait=True)
+    return _train_task(cfg_dict, path, QueueTracker(events, path))
 
 
 def run_all_ray(

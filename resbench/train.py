@@ -25,26 +25,26 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from resbench import checkpoint, distributed
-from resbench.analysis import TrainingProbe, fixed_test_images
+from resbench.analysis.probe import TrainingProbe
+from resbench.analysis.responses import fixed_test_images
 from resbench.config import OptimConfig, RunConfig, ScheduleConfig
 from resbench.data import Batches, Data, Split, build_data
 from resbench.distributed import Dist
 from resbench.errors import ConfigError, Diverged, Interrupted, ResbenchError
 from resbench.models import build_model, count_macs, count_params
-from resbench.tracking import (
-    RunFiles,
+from resbench.rundir import (
+    CHECKPOINT,
+    SUMMARY,
     RunLock,
     Summary,
-    Tracker,
-    Trackers,
     check_same_config,
     check_same_data,
-    environment,
     prepare_run_dir,
     read_summary,
     rerun_command,
     write_run_files,
 )
+from resbench.tracking import RunFiles, Tracker, Trackers, environment
 
 # --------------------------------------------------------------------------------------------
 # Device and precision
@@ -289,7 +289,7 @@ def train(
         if d.main:
             try:
                 lock = RunLock(run_dir, wait=wait)
-                if resume and (run_dir / "summary.json").exists() and not force:
+                if resume and (run_dir / SUMMARY).exists() and not force:
                     check_same_config(run_dir, cfg)
                     status = FINISHED  # nothing left to do
                 else:
@@ -315,7 +315,7 @@ def train(
 def _train(
     cfg: RunConfig, run_dir: Path, tracker: Tracker, resuming: bool, d: Dist, device: torch.device
 ) -> Summary:
-    saved = checkpoint.load(run_dir / checkpoint.CHECKPOINT) if resuming else None
+    saved = checkpoint.load(run_dir / CHECKPOINT) if resuming else None
     if saved is not None:
         check_same_config(run_dir, cfg, saved["config"])
     if cfg.optim.batch_size % d.world_size:
@@ -502,7 +502,7 @@ def _train(
             if save_now:
                 if d.main:
                     tracker.flush()  # a kill after the checkpoint must not lose what was logged before it
-                    checkpoint.save(state(it), run_dir / checkpoint.CHECKPOINT)
+                    checkpoint.save(state(it), run_dir / CHECKPOINT)
                 checkpointed = it
             if stop_now:
                 raise Interrupted(

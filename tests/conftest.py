@@ -1,4 +1,7 @@
-"""Shared fixtures: a CLI runner and the real CIFAR-10 copy (skipped where it is absent)."""
+"""Shared fixtures: the CLI in-process and in a new process, and the tiny and real CIFAR data."""
+
+import sys
+from collections.abc import Callable, Iterable
 
 import pytest
 from typer.testing import CliRunner
@@ -15,6 +18,21 @@ def cli():
         return runner.invoke(app, [str(a) for a in args])
 
     return invoke
+
+
+@pytest.fixture
+def resbench_command() -> Callable[..., list[str]]:
+    """The command line of `resbench ARGS... --set S...` in a new process, for tests that send it
+    signals or need `python -m resbench` itself: `python -m resbench`, or with `nproc` torchrun's
+    `--standalone --nproc_per_node=NPROC -m resbench`."""
+
+    def command(*args: object, sets: Iterable[str] = (), nproc: int | None = None) -> list[str]:
+        torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        launcher = torchrun if nproc is not None else []
+        options = [a for s in sets for a in ("--set", s)]
+        return [sys.executable, *launcher, "-m", "resbench", *map(str, args), *options]
+
+    return command
 
 
 # tiny CIFAR data for any test, and the real copy (prepared once per session, skipped where absent)

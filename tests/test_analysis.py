@@ -1,5 +1,6 @@
-"""analysis.py and Figure 7: hook-based responses against direct computation, layer selection,
-block ratios, the figure, training-time logging, and `resbench analyze`."""
+"""The analysis package's Figure 7 (responses.py, probe.py): hook-based responses against direct
+computation, layer selection, block ratios, the figure, training-time logging, and `resbench analyze`.
+trained.final_model's refusals are here too; analysis/evaluate.py is test_evaluate.py."""
 
 import csv
 import dataclasses
@@ -12,13 +13,13 @@ from test_compare import fake_run
 from test_evaluate import TINY_RUN
 
 from resbench import config
-from resbench.analysis import (
+from resbench.analysis.probe import grad_norms
+from resbench.analysis.responses import (
     LayerResponse,
     ModelResponses,
     RunAnalysis,
     analyze_run,
     block_ratios,
-    grad_norms,
     layer_responses,
     response_layers,
     summarise_analyses,
@@ -90,7 +91,7 @@ def test_a_zeroed_residual_branch_has_ratio_zero() -> None:
 def test_the_block_ratio_divides_by_the_shortcut_not_the_input() -> None:
     """Defect 8a: at a stage change option A subsamples and zero-pads x, so ||shortcut(x)|| < ||x||;
     the ratio is ||F(x)|| / ||shortcut(x)||, and the text that reports it says so."""
-    from resbench.analysis import AnalysisReport
+    from resbench.analysis.responses import AnalysisReport
     from resbench.models import ShortcutA
     from resbench.report import analysis_markdown
 
@@ -117,7 +118,7 @@ def test_seeds_are_averaged_and_findings_compare_twins() -> None:
     def run(
         name: str, depth: int, residual: bool, stds: list[float], ratio: float | None = None, seed: int = 0
     ) -> RunAnalysis:
-        from resbench.analysis import BlockRatio
+        from resbench.analysis.responses import BlockRatio
 
         return RunAnalysis(
             Path(name) / f"seed{seed}",
@@ -143,7 +144,7 @@ def test_seeds_are_averaged_and_findings_compare_twins() -> None:
 
 
 def test_figure7_layout() -> None:
-    from resbench.analysis import AnalysisReport
+    from resbench.analysis.responses import AnalysisReport
 
     models = [
         ModelResponses("plain20", 20, False, 1, [3.0, 1.0, 2.0], None),

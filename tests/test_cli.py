@@ -2,8 +2,12 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from resbench.cli import parse_seeds
+from resbench.errors import ConfigError
 
 
 def test_models_lists_every_bundled_config(cli) -> None:
@@ -44,7 +48,8 @@ def test_show_output_is_a_loadable_config(cli, tmp_path) -> None:
         (["show", "resnet57"], "did you mean resnet56"),
         (["show", "resnet20", "--set", "optim.lr=-1"], "optim.lr: must be positive"),
         (["show", "resnet20", "--set", "nokey"], "KEY=VALUE"),
-        (["show", "resnet20", "--preset", "slow"], "no preset named 'slow'"),
+        # Typer checks the choices since --preset is an Enum: its message, formerly "no preset named 'slow'"
+        (["show", "resnet20", "--preset", "slow"], "'slow' is not one of 'paper', 'quick'"),
     ],
 )
 def test_user_errors_exit_2_with_one_message(cli, args: list[str], message: str) -> None:
@@ -54,10 +59,10 @@ def test_user_errors_exit_2_with_one_message(cli, args: list[str], message: str)
     assert "Traceback" not in result.output
 
 
-def test_python_dash_m_works() -> None:
-    out = subprocess.run([sys.executable, "-m", "resbench", "--help"], capture_output=True, text=True)
+def test_python_dash_m_works(resbench_command) -> None:
+    out = subprocess.run(resbench_command("--help"), capture_output=True, text=True)
     assert out.returncode == 0 and "show" in out.stdout and "models" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "resbench", "show", "nope"], capture_output=True, text=True)
+    bad = subprocess.run(resbench_command("show", "nope"), capture_output=True, text=True)
     assert bad.returncode == 2 and "no config named 'nope'" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -118,7 +123,7 @@ def test_console_eval_lines_show_no_train_numbers_before_the_first_log_window() 
 
     from rich.console import Console
 
-    from resbench.cli import ConsoleTracker
+    from resbench.console import ConsoleTracker
 
     out = io.StringIO()
     tracker = ConsoleTracker(Console(file=out, width=200))
@@ -130,3 +135,99 @@ def test_console_eval_lines_show_no_train_numbers_before_the_first_log_window() 
     assert "nan" not in before and "img/s" not in before
     assert before == "iter  6/40  train err     -   loss     -  test err 80.00%"
     assert after == "iter 12/40  train err 75.00%  loss 1.500  test err 70.00%  val err 72.00%  1,234 img/s"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "-c", "resnet20", "--device", "gpu"],
+        ["compare", "plain20", "--device", "gpu"],
+        ["analyze", "runs/x/seed0", "--device", "gpu"],
+        ["evaluate", "runs/x/seed0", "--device", "gpu"],
+        ["compare", "plain20", "--backend", "slurm"],
+        ["data", "prepare", "--dataset", "cifar1000"],
+        ["train", "-c", "resnet20", "--preset", "slow"],
+    ],
+)
+def test_options_with_fixed_values_are_checked_by_typer_and_exit_2(cli, args: list[str]) -> None:
+    """--device, --backend, --dataset and --preset are Literal or Enum types: a bad value exits 2
+    (Typer's message, which names every choice) before anything loads."""
+    result = cli(*args)
+    assert result.exit_code == 2 and "is not one of" in result.stderr, result.output
+    choices = {"--device": "'auto', 'cuda', 'mps', 'cpu'", "--backend": "'local', 'ray'"}
+    choices |= {"--dataset": "'cifar10', 'cifar100'", "--preset": "'paper', 'quick'"}
+    assert choices[args[-2]] in result.stderr and "Traceback" not in result.output
+
+
+def test_help_lists_the_choices(cli) -> None:
+    out = cli("compare", "--help").stdout
+    assert "auto|cuda|mps|cpu" in out and "local|ray" in out and "paper|quick" in out
+
+
+# --------------------------------------------------------------------------------------------
+# --seeds
+
+
+@pytest.mark.parametrize(
+    "text,seeds", [("3", [0, 1, 2]), ("1", [0]), ("0,4", [0, 4]), (" 7 ", list(range(7))), ("5,", [5])]
+)
+def test_parse_seeds(text: str, seeds: list[int]) -> None:
+    assert parse_seeds(text) == seeds
+
+
+def test_seeds_parse_as_count_or_list() -> None:
+    assert parse_seeds("3") == [0, 1, 2] and parse_seeds("4,7") == [4, 7] and parse_seeds("5,") == [5]
+    with pytest.raises(ConfigError):
+        parse_seeds("x")
+    with pytest.raises(ConfigError):
+        parse_seeds("0")
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("1,1", "repeats seed 1; give each seed once"),
+        ("0,2,0,2", "repeats seeds 0, 2;"),
+        ("0", "a count must be between 1 and 1000"),
+        ("-2", "a count must be between 1 and 1000"),
+        ("100000000", "a count must be between 1 and 1000"),
+        ("0,-1", "seeds are 0 or more"),
+        ("a,b", "expected a count (3) or a list (0,1,2)"),
+        ("1.5", "expected a count"),
+        (",", "expected 1 to 1000 seeds"),
+        ("", "expected 1 to 1000 seeds"),
+    ],
+)
+def test_bad_seeds_are_refused_up_front(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_seeds(text)
+    assert message in str(err.value)
+
+
+def test_train_with_duplicate_seeds_exits_2_before_training(cli, tmp_path: Path) -> None:
+    result = cli("train", "-c", "resnet20", "--seeds", "1,1", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and "repeats seed 1" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_evaluate_prints_the_table_and_notes_then_exits_1_where_numbers_differ(
+    cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table and each run's data line come first, then one error naming the run (stderr, exit 1)."""
+    from resbench.analysis.evaluate import EXACT, Evaluation, SplitResult
+
+    def evaluation(run_dir: Path, overrides: list[str], device: str | None) -> Evaluation:
+        error = 12.5 if run_dir.name == "bad" else 10.0
+        split = SplitResult("test", 40, error, 0.5, 10.0, 0.5)
+        return Evaluation(
+            run_dir, "resnet20", 0, 20, 20, "cpu", "fp32", Path("data"), "abc123", "the cache", True,
+            ("a copy [with brackets]",), (split,), EXACT,
+        )  # fmt: skip
+
+    monkeypatch.setattr("resbench.cli.evaluate_run", evaluation)
+    good = cli("evaluate", "runs/good")
+    assert good.exit_code == 0 and "agrees (exact)" in good.stdout and good.stderr == ""
+    assert "  note: a copy [with brackets]" in good.stdout and "fingerprint abc123" in good.stdout
+    result = cli("evaluate", "runs/good", "runs/bad")
+    assert result.exit_code == 1 and "differs" in result.stdout
+    assert result.stderr.startswith("error: runs/bad: the saved model's errors differ from summary.json")

@@ -24,10 +24,9 @@ from resbench.compare import (
     summarise,
     verdict,
 )
-from resbench.config import parse_seeds
 from resbench.errors import CompareError, ConfigError, Interrupted, RunDirError
 from resbench.report import figure6, write_report
-from resbench.tracking import read_summary
+from resbench.rundir import read_summary
 from resbench.train import train
 
 # ------------------------------------------------------------------------------------------
@@ -123,14 +122,6 @@ def test_stat_mean_and_sample_std_by_hand() -> None:
     assert s.mean == pytest.approx(7 / 3) and s.std == pytest.approx(math.sqrt(7 / 3)) and s.n == 3
     assert Stat.of([5.0]) == Stat(5.0, 0.0, 1)
     assert str(Stat.of([1.0, 3.0])) == "2.00 ± 1.41" and str(Stat.of([2.0])) == "2.00"
-
-
-def test_seeds_parse_as_count_or_list() -> None:
-    assert parse_seeds("3") == [0, 1, 2] and parse_seeds("4,7") == [4, 7] and parse_seeds("5,") == [5]
-    with pytest.raises(ConfigError):
-        parse_seeds("x")
-    with pytest.raises(ConfigError):
-        parse_seeds("0")
 
 
 def test_curves_logged_at_different_intervals_are_aligned() -> None:

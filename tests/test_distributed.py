@@ -5,8 +5,8 @@ reported errors that are those of the saved model."""
 import json
 import shutil
 import subprocess
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +15,11 @@ import torch
 from data_fixtures import Tiny, write_pickles
 
 from resbench import checkpoint, config, distributed
+from resbench.analysis.evaluate import evaluate_run
 from resbench.data import Batches, build_data
 from resbench.distributed import Dist, shard
 from resbench.errors import ConfigError
-from resbench.evaluate import evaluate_run
-from resbench.tracking import read_metrics, read_summary
+from resbench.rundir import read_metrics, read_summary
 
 
 @pytest.mark.parametrize("n,world", [(10, 2), (25, 2), (7, 3), (3, 4)])
@@ -58,40 +58,31 @@ def odd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return colours_root(tmp_path_factory.mktemp("odd"), 25)
 
 
-def torchrun(runs: Path, root: Path, *extra: str, iterations: int = 60) -> subprocess.Popen:
-    sets = [
-        "model.depth=8",
-        "model.width=4",
-        "optim.batch_size=16",
-        f"schedule.iterations={iterations}",
-        "schedule.milestones=[]",
-        "run.log_every=5",
-        "run.eval_every=30",
-        f"data.root={root}",
-    ]
-    args = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "resbench",
-        "train",
-        "-c",
-        "resnet20",
-        "--runs-dir",
-        str(runs),
-        "--device",
-        "cpu",
-        *(a for s in sets for a in ("--set", s)),
-        *extra,
-    ]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@pytest.fixture
+def torchrun(resbench_command: Callable[..., list[str]]) -> Callable[..., subprocess.Popen]:
+    """Start `torchrun --nproc_per_node=2 -m resbench train` of a tiny resnet20 on CPU."""
+
+    def start(runs: Path, root: Path, *extra: str, iterations: int = 60) -> subprocess.Popen:
+        sets = [
+            "model.depth=8",
+            "model.width=4",
+            "optim.batch_size=16",
+            f"schedule.iterations={iterations}",
+            "schedule.milestones=[]",
+            "run.log_every=5",
+            "run.eval_every=30",
+            f"data.root={root}",
+        ]
+        args = resbench_command(
+            "train", "-c", "resnet20", "--runs-dir", runs, "--device", "cpu", *extra, sets=sets, nproc=2
+        )
+        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    return start
 
 
 @pytest.mark.slow
-def test_torchrun_trains_with_rank_zero_alone_writing(odd_root: Path, tmp_path: Path) -> None:
+def test_torchrun_trains_with_rank_zero_alone_writing(odd_root: Path, tmp_path: Path, torchrun) -> None:
     proc = torchrun(tmp_path, odd_root)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
@@ -111,7 +102,7 @@ def test_torchrun_trains_with_rank_zero_alone_writing(odd_root: Path, tmp_path: 
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("pgrep") is None, reason="needs pgrep to find torchrun's workers")
-def test_a_stopped_ddp_run_resumes_to_the_same_weights(odd_root: Path, tmp_path: Path) -> None:
+def test_a_stopped_ddp_run_resumes_to_the_same_weights(odd_root: Path, tmp_path: Path, torchrun) -> None:
     straight = torchrun(tmp_path / "a", odd_root, iterations=400)
     assert straight.wait(timeout=300) == 0
     stopped = torchrun(tmp_path / "b", odd_root, iterations=400)
@@ -163,7 +154,7 @@ def many_test_images_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_torchrun_reports_the_errors_of_the_saved_model(
-    many_test_images_root: Path, tmp_path: Path, cli
+    many_test_images_root: Path, tmp_path: Path, cli, torchrun
 ) -> None:
     proc = torchrun(tmp_path, many_test_images_root, "--set", "run.precision=fp32")
     _, err = proc.communicate(timeout=300)

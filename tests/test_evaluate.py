@@ -1,4 +1,4 @@
-"""evaluate.py and `resbench evaluate`: a run's last.pt re-evaluated in one process agrees with its
+"""analysis/evaluate.py and `resbench evaluate`: a run's last.pt re-evaluated in one process agrees with its
 summary.json (exactly, for fp32 on CPU), a disagreement exits 1, and bad input is refused cleanly.
 `resbench --version` is here too. The torchrun case is in test_distributed.py."""
 
@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from resbench import checkpoint, config
+from resbench.analysis.evaluate import EXACT, ROUNDING, evaluate_run
 from resbench.errors import Interrupted
-from resbench.evaluate import EXACT, ROUNDING, evaluate_run
-from resbench.tracking import Tracker, read_summary
+from resbench.rundir import read_summary
+from resbench.tracking import Tracker
 from resbench.train import train
 
 # A tiny net that trains in about a second: 20 steps of 16 images, a log every 5, an eval every 10.
@@ -155,7 +156,8 @@ def test_the_images_decide_what_is_compared_not_the_path(
         (lambda run: shutil.rmtree(run), [], 1, "not a run directory"),
         (lambda run: (run / "last.pt").unlink(), [], 1, "no last.pt"),
         (lambda run: None, ["--set", "model.depth=14"], 2, "may only set data.root"),
-        (lambda run: None, ["--device", "gpu"], 2, "run.device"),
+        # Typer checks --device (a Literal) before the config: its message, no longer "run.device"
+        (lambda run: None, ["--device", "gpu"], 2, "'gpu' is not one of 'auto', 'cuda', 'mps', 'cpu'"),
         (
             lambda run: checkpoint.save(
                 checkpoint.load(run / "last.pt") | {"model": {"w": torch.zeros(1)}}, run / "last.pt"

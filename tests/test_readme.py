@@ -101,11 +101,10 @@ class Resolved(Exception):
 def test_every_readme_command_resolves_its_configs(
     cli, command: Command, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import resbench.cli
-    import resbench.compare
+    import resbench.experiment
 
     loaded: list[config.RunConfig] = []
-    load, plan = config.load, resbench.compare.plan
+    load, plan = config.load, resbench.experiment.plan
 
     def recording_load(*args: Any, **kwargs: Any) -> config.RunConfig:
         loaded.append(load(*args, **kwargs))
@@ -120,9 +119,9 @@ def test_every_readme_command_resolves_its_configs(
 
     monkeypatch.chdir(tmp_path)  # no runs/ here: nothing is reused, nothing written
     monkeypatch.setattr(config, "load", recording_load)
-    monkeypatch.setattr("resbench.tracking.load", recording_load)  # tracking.load_config: train, compare
-    monkeypatch.setattr(resbench.cli, "train_run", stop)
-    monkeypatch.setattr(resbench.compare, "plan", plan_then_stop)
+    monkeypatch.setattr("resbench.rundir.load", recording_load)  # rundir.load_config: train, compare
+    monkeypatch.setattr(resbench.experiment, "train_run", stop)
+    monkeypatch.setattr(resbench.experiment, "plan", plan_then_stop)
     result = cli(*command.args)
     if command.exit_code:
         assert result.exit_code == command.exit_code and "Traceback" not in result.output

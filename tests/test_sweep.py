@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -103,10 +104,15 @@ STOP_TINY = [s for s in TINY if not s.startswith("schedule.")] + [
 NAMES = ("plain32", "plain20", "resnet20")  # the first, deepest, runs longest
 
 
-def compare_command(root: Path, tmp_path: Path) -> list[str]:
-    sets = [a for s in [*STOP_TINY, f"data.root={root}"] for a in ("--set", s)]
-    return [sys.executable, "-m", "resbench", "compare", *NAMES, "--jobs", "1", "--runs-dir",
-            str(tmp_path / "runs"), "--out", str(tmp_path / "report"), *sets]  # fmt: skip
+@pytest.fixture
+def compare_command(
+    resbench_command: Callable[..., list[str]], learnable_root: Path, tmp_path: Path
+) -> list[str]:
+    """`python -m resbench compare NAMES...` with one worker, its runs and report under `tmp_path`."""
+    where = ["--runs-dir", tmp_path / "runs", "--out", tmp_path / "report"]
+    return resbench_command(
+        "compare", *NAMES, "--jobs", "1", *where, sets=[*STOP_TINY, f"data.root={learnable_root}"]
+    )
 
 
 def alive(pid: int) -> bool:
@@ -139,9 +145,9 @@ def wait_for(condition: object, seconds: float) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
 def test_a_stopped_sweep_checkpoints_starts_nothing_new_and_resumes(
-    learnable_root: Path, tmp_path: Path, signum: signal.Signals
+    tmp_path: Path, signum: signal.Signals, compare_command: list[str]
 ) -> None:
-    command = compare_command(learnable_root, tmp_path)
+    command = compare_command
     env = os.environ | {"COLUMNS": "200"}
     proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)  # fmt: skip
@@ -192,13 +198,13 @@ def blocked_flock_waiters() -> set[int]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
 def test_a_worker_waiting_for_another_sweeps_run_stops_too(
-    learnable_root: Path, tmp_path: Path, signum: signal.Signals
+    tmp_path: Path, signum: signal.Signals, compare_command: list[str]
 ) -> None:
-    from resbench.tracking import RunLock
+    from resbench.rundir import RunLock
 
     first = tmp_path / "runs" / NAMES[0] / "seed0"
     held = RunLock(first)  # as if another compare trained this run right now
-    proc = subprocess.Popen(compare_command(learnable_root, tmp_path), cwd=tmp_path, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(compare_command, cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")

@@ -18,7 +18,8 @@ import torch
 
 from resbench import checkpoint, config
 from resbench.errors import ConfigError, Diverged, Interrupted, RunDirError
-from resbench.tracking import RunLock, Tracker, read_metrics, read_summary
+from resbench.rundir import RESUMABLE_CHANGES, RunLock, read_metrics, read_summary
+from resbench.tracking import Tracker
 from resbench.train import (
     LrSchedule,
     build_optimizer,
@@ -383,7 +384,7 @@ def test_the_readme_lists_the_keys_that_may_change_on_resume() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     allowed = re.search(r"Only (`.*?) may change\.", readme, re.S)
     assert allowed is not None, "README: the sentence 'Only `KEY`, ... may change.' is gone"
-    assert set(re.findall(r"`([\w.]+)`", allowed.group(1))) == checkpoint.RESUMABLE_CHANGES
+    assert set(re.findall(r"`([\w.]+)`", allowed.group(1))) == RESUMABLE_CHANGES
 
 
 def test_what_may_change_on_resume_changes_nothing_computed(one_go, tmp_path: Path) -> None:
@@ -558,33 +559,27 @@ def test_a_locked_run_directory_is_refused(learnable_root: Path, tmp_path: Path)
         lock.release()
 
 
-def test_sigint_to_a_real_process_checkpoints_and_exits_130(learnable_root: Path, tmp_path: Path) -> None:
-    args = [
-        sys.executable,
-        "-m",
-        "resbench",
+def test_sigint_to_a_real_process_checkpoints_and_exits_130(
+    learnable_root: Path, tmp_path: Path, resbench_command
+) -> None:
+    args = resbench_command(
         "train",
         "-c",
         "resnet20",
         "--runs-dir",
-        str(tmp_path),
-        "--set",
-        f"data.root={learnable_root}",
+        tmp_path,
         "--device",
         "cpu",
-        *(
-            a
-            for s in [
-                *TINY_NET,
-                "schedule.iterations=100000",
-                "schedule.milestones=[]",
-                "run.log_every=10",
-                "run.eval_every=100000",
-                "run.checkpoint_every=0",
-            ]
-            for a in ("--set", s)
-        ),
-    ]
+        sets=[
+            f"data.root={learnable_root}",
+            *TINY_NET,
+            "schedule.iterations=100000",
+            "schedule.milestones=[]",
+            "run.log_every=10",
+            "run.eval_every=100000",
+            "run.checkpoint_every=0",
+        ],
+    )
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "resnet20" / "seed0" / "metrics.jsonl"
     deadline = time.time() + 60

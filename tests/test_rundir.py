@@ -1,5 +1,5 @@
-"""tracking.py: run-directory states and refusals, the lock, env.json and metrics truncation, damaged
-or unwritable run files, and the data fingerprint checked on resume."""
+"""rundir.py: run-directory states and refusals, the lock, env.json and metrics truncation, damaged
+or unwritable run files, the config and data fingerprint checked on resume."""
 
 import errno
 import json
@@ -21,9 +21,9 @@ from data_fixtures import tiny_set, write_pickles
 from resbench import config
 from resbench.errors import ConfigError, RunDirError, WriteError
 from resbench.files import atomic_write
-from resbench.tracking import (
+from resbench.rundir import (
     RunLock,
-    Tracker,
+    changed_keys,
     prepare_run_dir,
     read_env,
     read_metrics,
@@ -34,6 +34,7 @@ from resbench.tracking import (
     run_state,
     write_run_files,
 )
+from resbench.tracking import Tracker
 from resbench.train import train
 
 
@@ -87,7 +88,7 @@ def test_lock_held_by_another_process_then_left_stale(tmp_path: Path) -> None:
             sys.executable,
             "-c",
             (
-                "import sys, time; from pathlib import Path; from resbench.tracking import RunLock; "
+                "import sys, time; from pathlib import Path; from resbench.rundir import RunLock; "
                 f"lock = RunLock(Path({str(tmp_path)!r})); print('locked', flush=True); time.sleep(60)"
             ),
         ],
@@ -333,15 +334,15 @@ def test_summary_fields_are_typed_by_their_resolved_annotations(
     """Types were looked up by annotation string, so a later `str | None` field raised KeyError."""
     import dataclasses
 
-    from resbench import tracking
+    from resbench import rundir
 
     later = dataclasses.make_dataclass(
         "Summary",
         [("note", "str | None", dataclasses.field(default=None))],
-        bases=(tracking.Summary,),
+        bases=(rundir.Summary,),
         frozen=True,
     )
-    monkeypatch.setattr(tracking, "Summary", later)
+    monkeypatch.setattr(rundir, "Summary", later)
     base = {"name": "r", "seed": 0, "iterations": 1, "train_error": 1, "train_loss": 1.0, "test_error": 2.0}
     base |= {"test_loss": 1.0, "val_error": None, "val_loss": 0.5, "params": 1, "macs": 1, "wall_time": 1.0}
     base |= {"images_per_sec": 1.0, "device": "cpu", "precision": "fp32"}
@@ -405,6 +406,21 @@ def test_an_unwritable_run_directory_fails_cleanly_and_deletes_nothing(
 # Opening a run directory: config.yaml is checked against the config saved in last.pt
 
 
+def test_changed_keys_names_what_differs_and_ignores_harmless_keys() -> None:
+    saved = {
+        "optim": {"lr": 0.1, "momentum": 0.9},
+        "schedule": {"milestones": [1, 2]},
+        "run": {"device": "cuda"},
+    }
+    current = {
+        "optim": {"lr": 0.2, "momentum": 0.9},
+        "schedule": {"milestones": (1, 2)},
+        "run": {"device": "cpu"},
+    }
+    assert changed_keys(saved, current) == ["optim.lr"]
+    assert changed_keys(saved, saved) == []
+
+
 def _edit_config(run: Path, key: str, value: Any) -> None:
     """Change one dotted key of a run's config.yaml, as a hand edit would."""
     raw = yaml.safe_load((run / "config.yaml").read_text())
@@ -454,7 +470,7 @@ def test_a_key_that_may_change_on_resume_may_differ_in_config_yaml(
 ) -> None:
     shutil.copytree(finished_run, tmp_path / "work")
     monkeypatch.chdir(tmp_path / "work")
-    _edit_config(RUN, "run.checkpoint_every", 2)  # checkpoint.RESUMABLE_CHANGES
+    _edit_config(RUN, "run.checkpoint_every", 2)  # rundir.RESUMABLE_CHANGES
     result = cli(*OPENS["train-run-dir"])
     assert result.exit_code == 0 and read_summary(RUN).iterations == 8, result.output
     assert cli(*OPENS["compare-run-dir"]).exit_code == 0
@@ -505,8 +521,8 @@ def test_a_run_directory_opened_for_its_model_is_one_error_and_one_load(
 ) -> None:
     """Review: "not a run directory" exited 1 in analyze but 2 in compare and evaluate, and evaluate
     read last.pt twice. One function opens a run for its final model, with RunDirError (exit 1)."""
+    from resbench.analysis.evaluate import evaluate_run
     from resbench.compare import load_run
-    from resbench.evaluate import evaluate_run
 
     shutil.copytree(finished_run, tmp_path / "work")
     monkeypatch.chdir(tmp_path / "work")
@@ -539,8 +555,8 @@ def test_one_run_named_twice_is_one_refusal_for_compare_and_analyze() -> None:
 def test_a_full_disk_reads_the_same_whichever_file_it_stops(
     tmp_path: Path, cfg: config.RunConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Review: tracking._writing replaced the WriteError of config.yaml with a message of its own,
-    while last.pt's WriteError reached the user as it was."""
+    """Review: tracking._writing (now rundir.writing) replaced the WriteError of config.yaml with a
+    message of its own, while last.pt's WriteError reached the user as it was."""
     from resbench import checkpoint
     from resbench.report import writable
 

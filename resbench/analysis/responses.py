@@ -2,6 +2,7 @@
 
     layer_responses(model, images)  -> list[LayerResponse]   std of every 3x3 conv's BN output
     block_ratios(model, images)     -> list[BlockRatio]      ||F(x)|| / ||shortcut(x)|| per residual block
+    fixed_test_images(data, count)  -> Tensor                what both measure on (probe.py too)
     analyze_run(run_dir)            -> RunAnalysis           both, for a run's final model
     summarise_analyses(analyses)    -> AnalysisReport        seeds averaged, one line per model
 
@@ -11,7 +12,7 @@ functions that stay near zero give small responses, and an identity is then easy
 Everything is captured with forward hooks, so the models are not changed. The std is taken over
 all of N, C, H and W by default; `per_channel=True` adds the std per channel over N, H and W,
 then averaged over the channels.
-Nothing here prints or draws.
+Nothing here prints or draws; the same measurement during training is probe.py.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from resbench import checkpoint, config
+from resbench.analysis.trained import final_model
 from resbench.data import Data, build_data
-from resbench.errors import ConfigError, RunDirError
-from resbench.models import BasicBlock, Bottleneck, build_model
-from resbench.tracking import read_run_config, refuse_named_twice
+from resbench.errors import ConfigError
+from resbench.models import BasicBlock, Bottleneck
+from resbench.rundir import refuse_named_twice
 
 
 @dataclass(frozen=True)
@@ -148,54 +149,6 @@ def fixed_test_images(data: Data, count: int) -> Tensor:
         )
     pick = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(0))[:count]
     return data.normalize(data.test.images[pick.to(data.test.images.device)])
-
-
-class TrainingProbe:
-    """Response stds and gradient norms of the 3x3 layers during training (`analysis.every`).
-
-    It runs the model in eval mode without gradients and reads `.grad`, so it changes neither the
-    RNG nor BN statistics, and a resumed run stays bit-identical. Call it right after a step.
-    """
-
-    def __init__(self, model: nn.Module, images: Tensor) -> None:
-        self.model, self.images = model, images
-        self.convs = [conv for _, conv, _ in response_layers(model)]
-
-    def __call__(self) -> tuple[dict[str, float], dict[str, Tensor]]:
-        stds = torch.tensor([r.std for r in layer_responses(self.model, self.images)])
-        self.model.train()
-        grads = grad_norms(self.convs).float().cpu()
-        positions = {"first": 0, "middle": len(stds) // 2, "last": len(stds) - 1}
-        scalars = {f"responses/{k}": float(stds[i]) for k, i in positions.items()}
-        scalars |= {f"grad_norm/{k}": float(grads[i]) for k, i in positions.items()}
-        return scalars, {"responses": stds, "grad_norm": grads}
-
-
-def grad_norms(convs: list[nn.Conv2d]) -> Tensor:
-    """The weight-gradient norm of each conv, 0 where it has no gradient (yet), on the weights' device."""
-    return torch.stack(
-        [c.weight.grad.norm() if c.weight.grad is not None else c.weight.new_zeros(()) for c in convs]
-    )
-
-
-def final_model(run_dir: Path) -> tuple[config.RunConfig, nn.Module, checkpoint.Saved]:
-    """Open a run directory for its final model: the run's config, its net with the weights of
-    last.pt, and last.pt's saved state. A RunDirError (exit 1) for anything that is not a run's
-    final model: not a run directory, no last.pt, a config.yaml that is not the one last.pt was
-    trained with (tracking.read_run_config), or weights of another net."""
-    cfg, saved = read_run_config(run_dir, need_checkpoint=True)
-    assert saved is not None
-    weights = saved["model"]
-    model = build_model(cfg.model)
-    try:
-        model.load_state_dict(weights if isinstance(weights, dict) else {})
-    except RuntimeError as err:  # the keys or shapes of another architecture
-        raise RunDirError(
-            f"{saved.path} does not hold the model of {run_dir / 'config.yaml'}: "
-            f"{' '.join(str(err).split())[:200]}... It may belong to another run: restore this run's "
-            "own last.pt, or train the run again with --force."
-        ) from None
-    return cfg, model, saved
 
 
 def analyze_run(

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 
 from resbench import config
-from resbench.analysis import final_model
+from resbench.analysis.trained import final_model
 from resbench.config import flatten
 from resbench.data import build_data
 from resbench.errors import CheckpointError, ConfigError
-from resbench.tracking import SUMMARY, read_summary
+from resbench.rundir import CONFIG, SUMMARY, read_summary
 from resbench.train import autocast, evaluate, resolve_device, resolve_precision
 
 # What `--set` may change: where the images come from, never what the model is or how it sees them.
@@ -93,7 +93,7 @@ def evaluate_run(
     `overrides` may only set DATA_KEYS; `device` defaults to the run's own run.device.
     """
     trained, model, saved = final_model(run_dir)  # checked: a run directory, its last.pt, its config
-    cfg = config.load(run_dir / "config.yaml", [*overrides, *([f"run.device={device}"] if device else [])])
+    cfg = config.load(run_dir / CONFIG, [*overrides, *([f"run.device={device}"] if device else [])])
     old, new = flatten(trained.to_dict()), flatten(cfg.to_dict())
     if changed := sorted(k for k in new if new[k] != old[k] and k not in (*DATA_KEYS, "run.device")):
         raise ConfigError(

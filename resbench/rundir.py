@@ -1,0 +1,436 @@
+"""The run directory: its layout, its lock and state, and every check and read of what it holds.
+
+A run lives in `runs/<name>/seed<k>/` (`run_dir_for`):
+
+    config.yaml     the resolved config (`--config` accepts it back); only a copy of last.pt's
+    env.json        versions, device, git commit, command line (one entry per start or resume)
+    events.out...   TensorBoard scalars, step = iteration; hparams in the same directory
+    metrics.jsonl   one JSON line per log point: the canonical record
+    last.pt         the checkpoint
+    summary.json    written at the end: final errors, parameters, MACs, wall time, images/s
+    .lock           the flock that keeps a second training out
+
+This module owns those names, the lock, the run's state (`RunState`), preparing or refusing a
+directory for a training, the same-config and same-data checks of a resume, and reading config.yaml,
+env.json, metrics.jsonl and summary.json back. It holds no writer of a run's records (tracking.py),
+nothing about what a checkpoint holds (train.py) or how it is stored (checkpoint.py).
+
+Every failure to read or write these files is a `RunDirError` naming the file and the fix, and never
+deletes anything: a damaged file is refused, not replaced, and a full disk keeps the last checkpoint.
+Only `--force` (prepare_run_dir) deletes a run's files.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+from typing import IO, Any, Literal, get_args, get_type_hints
+
+from resbench.checkpoint import Saved
+from resbench.checkpoint import load as load_checkpoint
+from resbench.config import RunConfig, flatten, load, validate
+from resbench.errors import ConfigError, DataError, ResbenchError, RunDirError, WriteError
+from resbench.files import atomic_write, describe
+
+CONFIG = "config.yaml"
+CHECKPOINT = "last.pt"
+SUMMARY = "summary.json"
+METRICS = "metrics.jsonl"
+ENV = "env.json"
+LOCK = ".lock"
+RUN_FILES = (CONFIG, CHECKPOINT, SUMMARY, METRICS, ENV)  # any of them makes a folder a run directory
+
+RunState = Literal["empty", "finished", "unfinished", "started"]
+
+
+@contextmanager
+def writing(run_dir: Path) -> Iterator[None]:
+    """Turn an OSError (a full disk, a read-only folder, a file in the way) into one message. A
+    WriteError already names the file that failed and the fix: it passes unchanged, so a full disk
+    reads the same whichever file it stopped."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as err:
+        raise RunDirError(
+            f"cannot write the run directory {run_dir} ({describe(err)}). Free some space or make it "
+            "writable, or choose another --runs-dir. Nothing in it was deleted: --resume continues from "
+            "its last checkpoint, if it has one."
+        ) from None
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The final numbers of one run (summary.json). Errors are in %, losses are cross-entropy."""
+
+    name: str
+    seed: int
+    iterations: int
+    train_error: float  # running error on augmented train-mode batches, over the last log window
+    train_loss: float
+    test_error: float  # the final model in eval mode on the whole test set (never the best one)
+    test_loss: float
+    val_error: float | None
+    val_loss: float | None
+    params: int
+    macs: int
+    wall_time: float  # seconds of training, summed over resumes
+    images_per_sec: float  # training throughput over the whole run
+    device: str
+    precision: str
+    test_samples: int = 0  # test images the final evaluation counted (each exactly once, also under DDP)
+
+
+def run_dir_for(cfg: RunConfig, runs_dir: Path) -> Path:
+    return runs_dir / cfg.run.name / f"seed{cfg.run.seed}"
+
+
+# --------------------------------------------------------------------------------------------
+# Opening a run directory
+
+
+class RunLock:
+    """An exclusive `flock` on `<run>/.lock`. The kernel drops it when its process dies, so a lock
+    file left behind by a killed run is stale by construction and never blocks `--resume`."""
+
+    def __init__(self, run_dir: Path, wait: bool = False) -> None:
+        self.path = run_dir / LOCK
+        with writing(run_dir):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self._file: IO[str] | None = open(self.path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self._file.close()
+            raise RunDirError(
+                f"{run_dir} is in use by {holder}; two trainings never write one run directory. "
+                "Wait for it to finish, or stop it first."
+            ) from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        self._file.flush()
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+def run_state(run_dir: Path) -> RunState:
+    """'empty', 'finished' (summary.json), 'unfinished' (a checkpoint) or 'started' (files, no checkpoint)."""
+    if (run_dir / SUMMARY).exists():
+        return "finished"
+    if (run_dir / CHECKPOINT).exists():
+        return "unfinished"
+    if run_dir.is_dir() and any(p.name != LOCK for p in run_dir.iterdir()):
+        return "started"
+    return "empty"
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> bool:
+    """Check what `run_dir` holds against what was asked; returns True if training resumes from last.pt.
+
+    Call it holding the run's lock. `force` wipes the directory and starts over; nothing else deletes.
+    """
+    state: RunState = run_state(run_dir)
+    if force and state != "empty":
+        with writing(run_dir):
+            for path in run_dir.iterdir():
+                if path.name != LOCK:
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        state = "empty"
+    if state == "finished":
+        raise RunDirError(
+            f"{run_dir} already holds a finished run (summary.json).\n"
+            "Use --force to train it again from scratch, or change run.name, run.seed or --runs-dir."
+        )
+    if state == "started":  # its metrics describe weights that were never saved
+        raise RunDirError(
+            f"{run_dir} holds a run that stopped before its first checkpoint ({CHECKPOINT}): there is "
+            "nothing to resume.\nStart it again from scratch, which deletes its metrics and events, with: "
+            f"{rerun_command(run_dir, '--force')}"
+        )
+    if state == "unfinished" and not resume:
+        raise RunDirError(
+            f"{run_dir} already holds an unfinished run with a checkpoint.\n"
+            "Use --resume to continue it, or --force to start it again from scratch."
+        )
+    return state == "unfinished"
+
+
+def rerun_command(run_dir: Path, flag: str) -> str:
+    """The command that trains this run directory again with `flag` (--resume or --force). It names
+    the run's config.yaml where that trains into this directory; where it does not (another run's
+    config.yaml, or none), CONFIG stands for the config that does, and the command says so."""
+    runs_dir = run_dir.parent.parent  # run_dir is RUNS_DIR/NAME/seedK
+    where = "" if runs_dir == Path("runs") else f" --runs-dir {runs_dir}"
+    try:
+        goes_to: Path | None = run_dir_for(load(run_dir / CONFIG), runs_dir)
+    except ResbenchError:
+        goes_to = None
+    if goes_to is not None and goes_to.resolve() == run_dir.resolve():
+        return f"resbench train --config {run_dir / CONFIG}{where} {flag}"
+    why = f"its config.yaml trains into {goes_to}" if goes_to else "it has no readable config.yaml"
+    return f"resbench train --config CONFIG{where} {flag}, with CONFIG the config of {run_dir} ({why})"
+
+
+def is_run_dir(path: Path) -> bool:
+    """A folder holding any of a run's files: a damaged or incomplete run lacks some of them."""
+    try:
+        return path.is_dir() and any((path / name).exists() for name in RUN_FILES)
+    except OSError:  # a name too long for the file system: config.load says so
+        return False
+
+
+def write_run_files(run_dir: Path, cfg: RunConfig, env: Mapping[str, Any]) -> None:
+    """config.yaml, and env.json with one entry per start or resume."""
+    history = read_env(run_dir).get("starts", [])
+    with writing(run_dir):
+        atomic_write(run_dir / CONFIG, cfg.to_yaml())
+        atomic_write(run_dir / ENV, json.dumps({**env, "starts": [*history, dict(env)]}, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Is it the same run? config.yaml against last.pt, a config against the run, the data against last.pt
+
+# Keys that may change between a run and its resume without changing what is computed. run.device
+# only where it resolves to the same device type (auto -> cuda): train.py checks it.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "run.device",
+        "run.compile",
+        "run.deterministic",
+        "run.checkpoint_every",
+        "analysis.every",
+        "analysis.images",
+        "analysis.per_channel",
+    }
+)
+
+
+def changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two resolved configs, ignoring harmless ones."""
+    a, b = flatten(saved), flatten(current)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
+
+
+def read_run_config(run_dir: Path, need_checkpoint: bool = False) -> tuple[RunConfig, Saved | None]:
+    """A run directory's config.yaml and its last.pt (None where there is none yet), checked to belong
+    together: last.pt holds the config the run was trained with, and config.yaml is only a copy of it.
+
+    Every command that opens a run directory reads its config here. A config.yaml edited after
+    training would pass the run's numbers off as the edited config's, or point at another seed's
+    directory; it is refused, naming the keys (those a resume may change aside). Every problem is a
+    RunDirError (exit 1); `need_checkpoint` refuses a run without last.pt too.
+    """
+    yaml, path = run_dir / CONFIG, run_dir / CHECKPOINT
+    if not yaml.is_file():
+        if is_run_dir(run_dir):
+            held = ", ".join(sorted(p.name for p in run_dir.iterdir() if p.name != LOCK))
+            raise RunDirError(
+                f"{run_dir} is a damaged or incomplete run directory: it has no config.yaml (it holds "
+                f"{held}). Restore its config.yaml from a copy, or train the run again from scratch "
+                "with `resbench train --config NAME --force` (this deletes what the directory holds)."
+            )
+        raise RunDirError(f"{run_dir} is not a run directory (no config.yaml); give RUNS_DIR/NAME/seedK")
+    cfg = load(yaml)
+    if not path.is_file():
+        if need_checkpoint:
+            raise RunDirError(
+                f"{run_dir} has no {CHECKPOINT}: there is no model to read. Train or resume the run first."
+            )
+        return cfg, None
+    saved = load_checkpoint(path)
+    # Through today's schema: keys added since the run was made take their defaults.
+    trained = validate(saved["config"], str(path)).to_dict()
+    if changed := changed_keys(trained, cfg.to_dict()):
+        was, now = flatten(trained), flatten(cfg.to_dict())
+        values = "; ".join(f"{k} {str(now.get(k))[:60]}, trained {str(was.get(k))[:60]}" for k in changed)
+        raise RunDirError(
+            f"{yaml} is not the config this run was trained with: it differs from the config saved in "
+            f"{CHECKPOINT} in {', '.join(changed)} ({values}), and the run's numbers belong to the "
+            f"saved one. Restore those values in config.yaml (or, if {CHECKPOINT} was replaced, this "
+            "run's own last.pt). To train with the new values, train a new run: give it a name of its "
+            "own (--set run.name=NAME) or another --runs-dir."
+        )
+    return cfg, saved
+
+
+def load_config(
+    name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = (), preset: str | None = None
+) -> RunConfig:
+    """config.load, where a run directory (or its config.yaml) is first checked by read_run_config."""
+    path = Path(name_or_path).expanduser()
+    folder = path.parent if path.name == CONFIG else path
+    if is_run_dir(folder):
+        read_run_config(folder)
+    return load(name_or_path, overrides, preset)
+
+
+def refuse_named_twice(named: Iterable[tuple[str, Path]]) -> None:
+    """Refuse a run directory named twice (`runs/resnet20/seed0` and `resnet20`, or two spellings of
+    one path): it would count as two seeds. `named` holds (how it was named, its run directory)."""
+    seen: dict[Path, str] = {}
+    for spelling, run_dir in named:
+        if (key := run_dir.resolve()) in seen:
+            raise ConfigError(
+                f"{seen[key]} and {spelling} both name the run directory {run_dir}, so one run would "
+                "count twice. Name each run once (configs of their own need their own run.name)."
+            )
+        seen[key] = spelling
+
+
+def check_same_config(run_dir: Path, cfg: RunConfig, saved: dict[str, Any] | None = None) -> None:
+    """Refuse to continue or reuse a run trained with another config; name the keys that differ."""
+    # Through today's schema: keys added since the run was made take their defaults.
+    saved_cfg = read_run_config(run_dir)[0] if saved is None else validate(saved, str(run_dir))
+    if changed := changed_keys(saved_cfg.to_dict(), cfg.to_dict()):
+        raise ConfigError(
+            f"{run_dir} was trained with another config: it differs in {', '.join(changed)}. "
+            "Restore those values; or keep both runs by giving this config a directory of its own "
+            "(--set run.name=NAME, or another --runs-dir); or train it again from scratch with "
+            "`resbench train --force`."
+        )
+
+
+def check_same_data(run_dir: Path, cfg: RunConfig, saved: Mapping[str, Any] | None, fingerprint: str) -> None:
+    """Refuse to continue a checkpoint (`saved`) on other images than it was trained on: the path
+    data.root is compared as config, its contents by `Data.fingerprint`. A fresh start passes."""
+    recorded = saved.get("data_fingerprint") if saved is not None else None  # None before it was saved
+    if recorded is not None and recorded != fingerprint:
+        raise DataError(
+            f"{run_dir} was trained on other data: the {cfg.data.dataset} images and labels now under "
+            f"data.root={cfg.data.root} (fingerprint {fingerprint}) are not those its checkpoint was "
+            f"trained on ({recorded}). Put the original data back there, or start the run again on "
+            "this data with --force."
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a run's records back: a damaged file is a RunDirError naming it, never a traceback
+
+
+def _damaged(path: Path, problem: str, fix: str) -> RunDirError:
+    return RunDirError(f"{path} is damaged: {problem}. {fix}")
+
+
+_RETRAIN = "Restore it from a copy, or train the run again with --force."
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")  # binary garbage then fails as a bad record, by line
+    except OSError as err:
+        raise RunDirError(f"cannot read {describe(err)}") from None
+
+
+def _read_json(path: Path, fix: str) -> dict[str, Any]:
+    try:
+        value = json.loads(_read_text(path))
+    except ValueError as err:
+        raise _damaged(path, f"not JSON ({err})", fix) from None
+    if not isinstance(value, dict):
+        raise _damaged(path, f"a JSON {type(value).__name__}, not an object", fix)
+    return value
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl, one dict per log point; [] where there is none."""
+    path = run_dir / METRICS
+    return _parse_metrics(path, _read_text(path)) if path.exists() else []
+
+
+def truncate_metrics(run_dir: Path, start_iteration: int) -> None:
+    """Drop lines logged after the checkpoint we resume from (they will be logged again)."""
+    path = run_dir / METRICS
+    if not path.exists():
+        return
+    text = _read_text(path)
+    records = _parse_metrics(path, text, torn_tail_ok=True)
+    kept = "".join(json.dumps(r) + "\n" for r in records if r["iteration"] <= start_iteration)
+    if kept != text:  # the same format RunFiles.log writes: unchanged lines stay byte-identical
+        with writing(path.parent):
+            atomic_write(path, kept)
+
+
+_RECORD = '{"iteration": '  # how every line RunFiles.log writes begins
+
+
+def _parse_metrics(path: Path, text: str, torn_tail_ok: bool = False) -> list[dict[str, Any]]:
+    """Each line a JSON object with an integer iteration and numbers. `torn_tail_ok` drops the start
+    of a record cut short by a kill mid-write (on resume it is logged again)."""
+    records = []
+    lines = text.splitlines(keepends=True)
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if (
+            isinstance(record, dict)
+            and type(record.get("iteration")) is int
+            and all(isinstance(v, (int, float)) for v in record.values())
+        ):
+            records.append(record)
+        elif torn_tail_ok and number == len(lines) and not line.endswith("\n") and line.startswith(_RECORD):
+            break
+        else:
+            raise _damaged(path, f"line {number} is not a metrics record: {line.strip()[:80]!r}", _RETRAIN)
+    return records
+
+
+def _json_types(hint: Any) -> tuple[type, ...]:
+    """The JSON values that may stand for a field annotated `hint`: a union's members, an int for a float."""
+    members = get_args(hint) or (hint,)
+    return tuple(t for m in members for t in ((int, float) if m is float else (m,)))
+
+
+def read_summary(run_dir: Path) -> Summary:
+    """summary.json; keys a newer resbench added are ignored."""
+    path = run_dir / SUMMARY
+    fix = (
+        "Restore it, or delete it and run with --resume: the final checkpoint writes it again "
+        f"({rerun_command(run_dir, '--resume')})."
+    )
+    values = _read_json(path, fix)
+    known = {f.name: f for f in fields(Summary)}
+    types = {n: _json_types(hint) for n, hint in get_type_hints(Summary).items()}
+    missing = [n for n, f in known.items() if n not in values and f.default is MISSING]
+    wrong = [
+        n
+        for n, v in values.items()
+        if n in known and ((isinstance(v, bool) and bool not in types[n]) or not isinstance(v, types[n]))
+    ]
+    if missing or wrong:
+        problems = ([f"missing {', '.join(missing)}"] if missing else []) + (
+            [f"wrong type for {', '.join(wrong)}"] if wrong else []
+        )
+        raise _damaged(path, "; ".join(problems), fix)
+    return Summary(**{n: v for n, v in values.items() if n in known})
+
+
+def read_env(run_dir: Path) -> dict[str, Any]:
+    """env.json: the versions and command of the latest start, and every start in `starts`; {} if none."""
+    path = run_dir / ENV
+    if not path.exists():
+        return {}
+    fix = "Restore it, or delete it: it only records the versions and commands of the earlier starts."
+    env = _read_json(path, fix)
+    starts = env.get("starts", [])
+    if not isinstance(starts, list) or not all(isinstance(s, dict) for s in starts):
+        raise _damaged(path, "'starts' is not a list of objects", fix)
+    return env
