@@ -4,8 +4,15 @@
 
 SGD with momentum and weight decay; the learning rate is divided by 10 at iteration milestones,
 with an optional warm-up (the ResNet-110 rule). The loop keeps losses and errors on the device and
-reads them only at log points, so the step itself never waits for the host. A checkpoint holds
-every piece of state the next step depends on, so a resumed run is bit-identical on CPU.
+reads them only at log points, so the step itself never waits for the host.
+
+`train` reads like nanoGPT's train.py: `build_setup` builds the pieces (device, precision, data,
+model, optimiser, schedule, batch order, probe) into a `Setup`, the loop runs the steps and, at
+log, eval and checkpoint points, `side_effects`, and the summary is written. The loop's
+accumulators live in one `TrainState`. A checkpoint is `Setup.state_dict(state)`: every piece of
+state the next step depends on, so a resumed run is bit-identical on CPU, and
+`Setup.load_state_dict` restores exactly that. Where the run directory's files live and how it is
+opened is rundir.py's; how last.pt is written and read, checkpoint.py's.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
@@ -214,7 +223,97 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------------------------
-# The run
+# The run's state: what a checkpoint holds
+
+
+@dataclass
+class TrainState:
+    """The loop's accumulators: the iteration, the running window of training loss and error, the
+    timings and the latest metrics. With the pieces of `Setup` it is all a checkpoint holds.
+
+    The window sums the loss and errors of the steps since the last log point. It stays on the
+    device, so a step never waits for the host; `sum_window` reads it at side-effect points only.
+    """
+
+    window_loss: Tensor  # this rank's summed loss over the window
+    window_wrong: Tensor  # this rank's count of errors over the window
+    summed_loss: Tensor  # the window as the last side-effect point read it, summed over every rank
+    summed_wrong: Tensor  # at log and checkpoint points: what a checkpoint saves
+    iteration: int = 0  # the last iteration done
+    window_steps: int = 0
+    window_time: float = 0.0  # seconds of steps in the window, side effects left out
+    step_time: float = 0.0  # seconds of steps over the whole run, for images/sec
+    wall_time: float = 0.0  # seconds of training before this process took the run on
+    checkpointed: int | None = None  # the iteration of the last checkpoint written
+    train_metrics: dict[str, float] = field(default_factory=dict)
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    evaluated_images: dict[str, int] = field(default_factory=dict)  # per split, for summary.json
+    started: float = 0.0  # time.perf_counter() when this process's loop began; not saved
+    marked: float = 0.0  # time.perf_counter() when the window's latest run of steps began; not saved
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> TrainState:
+        loss, wrong = torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device)
+        return cls(loss, wrong, loss.clone(), wrong.clone())
+
+    def add(self, iteration: int, loss: Tensor, wrong: Tensor) -> None:
+        """Count the step that completed `iteration` into the window, on the device."""
+        self.window_loss += loss
+        self.window_wrong += wrong
+        self.window_steps += 1
+        self.iteration = iteration
+
+    def sum_window(self, all_ranks: bool) -> float:
+        """Sum the window over the ranks where `all_ranks` (a collective: every rank calls it at the
+        same step) and add the time of its steps so far. Returns the summed loss: a host sync."""
+        self.summed_loss, self.summed_wrong = self.window_loss.clone(), self.window_wrong.clone()
+        if all_ranks:
+            distributed.all_sum(self.summed_loss, self.summed_wrong)
+        loss = self.summed_loss.item()
+        self.window_time += time.perf_counter() - self.marked
+        return loss
+
+    def new_window(self) -> None:
+        """Start a new window. The summed window is what a checkpoint saves, so it starts anew too."""
+        for t in (self.window_loss, self.window_wrong, self.summed_loss, self.summed_wrong):
+            t.zero_()
+        self.window_steps, self.window_time = 0, 0.0
+
+    def elapsed(self) -> float:
+        """Seconds of training, summed over resumes."""
+        return self.wall_time + time.perf_counter() - self.started
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain values only, so `torch.load(weights_only=True)` reads it back."""
+        return {
+            "iteration": self.iteration,
+            "window_loss": self.summed_loss,  # the window the next step continues: every rank's share
+            "window_wrong": self.summed_wrong,
+            "window_steps": self.window_steps,
+            "window_time": self.window_time,
+            "step_time": self.step_time,
+            "wall_time": self.elapsed(),
+            "train_metrics": self.train_metrics,
+            "eval_metrics": self.eval_metrics,
+            "evaluated_images": self.evaluated_images,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], window: bool) -> None:
+        """Continue where `state_dict()` was taken. The saved window holds every rank's share, so
+        under DDP one rank alone restores it (`window`); the others start it from zero."""
+        if window:
+            self.window_loss.copy_(state["window_loss"])
+            self.window_wrong.copy_(state["window_wrong"])
+        self.iteration = self.checkpointed = state["iteration"]
+        self.window_steps, self.window_time = state["window_steps"], state["window_time"]
+        self.wall_time, self.step_time = state["wall_time"], state["step_time"]
+        self.train_metrics, self.eval_metrics = state["train_metrics"], state["eval_metrics"]
+        # absent before issue 9; the next evaluation sets it
+        self.evaluated_images = state.get("evaluated_images", {})
+
+
+# --------------------------------------------------------------------------------------------
+# The pieces the loop runs on
 
 
 def finite(model: nn.Module) -> bool:
@@ -222,23 +321,6 @@ def finite(model: nn.Module) -> bool:
     stays finite). One host sync: call it at checkpoints only."""
     values = [t.detach().flatten() for t in model.state_dict().values() if t.is_floating_point()]
     return bool(torch.isfinite(torch.cat(values)).all())
-
-
-@contextlib.contextmanager
-def stop_requests() -> Iterator[list[str]]:
-    """While inside, SIGINT and SIGTERM append their name to the yielded list instead of killing us."""
-    requested: list[str] = []
-    handler = lambda signum, frame: requested.append(signal.Signals(signum).name)  # noqa: E731
-    try:
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread: signals cannot be caught here, the default applies
-        yield requested
-        return
-    try:
-        yield requested
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 def check_same_hardware(saved: dict[str, Any], cfg: RunConfig, device: torch.device, precision: str) -> None:
@@ -262,7 +344,263 @@ def check_same_hardware(saved: dict[str, Any], cfg: RunConfig, device: torch.dev
         )
 
 
-FRESH, RESUME, FINISHED, REFUSED = 0, 1, 2, 3
+@dataclass
+class Setup:
+    """What one process trains with, built once by `build_setup`: the device and precision, the data,
+    the model and how it is run, the optimiser, schedule and batch order, and the probe."""
+
+    cfg: RunConfig
+    run_dir: Path
+    d: Dist
+    device: torch.device
+    precision: str
+    amp: contextlib.AbstractContextManager[Any]
+    kernels: dict[str, bool]  # for env.json
+    data: Data
+    model: nn.Module  # what is saved and probed, and evaluated under DDP
+    forward: nn.Module  # what trains: the model, wrapped in DDP and compiled where asked
+    evaluated: nn.Module  # no DDP collectives in evaluation: shards may differ in size
+    params: int
+    macs: int
+    optimizer: torch.optim.SGD
+    schedule: LrSchedule
+    batches: Batches
+    probe: TrainingProbe | None
+    eval_every: int
+    log_every: int
+
+    def state_dict(self, state: TrainState) -> dict[str, Any]:
+        """The checkpoint: every piece of state the next step depends on, and what it was trained
+        with (config, device type, precision and data), which `build_setup` checks on resume."""
+        return {
+            "iteration": state.iteration,  # first, as in every last.pt before; state_dict() repeats it
+            "config": self.cfg.to_dict(),
+            "device_type": self.device.type,
+            "precision": self.precision,
+            "data_fingerprint": self.data.fingerprint,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "batches": self.batches.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "warming_up": self.schedule.warming_up,
+            **state.state_dict(),
+        }
+
+    def load_state_dict(self, saved: dict[str, Any], state: TrainState) -> None:
+        """Continue exactly where `state_dict(state)` was taken: the pieces here, and `state`."""
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.batches.load_state_dict(saved["batches"])
+        torch.set_rng_state(saved["torch_rng"])
+        if self.device.type == "cuda" and saved["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
+        self.schedule.warming_up = saved["warming_up"]
+        state.load_state_dict(saved, window=self.d.main)
+
+
+def build_setup(
+    cfg: RunConfig, run_dir: Path, d: Dist, device: torch.device, saved: dict[str, Any] | None
+) -> Setup:
+    """Check what can be checked before any work, then build the pieces after one seed, in the
+    order their random draws are taken. With `saved`, refuse what would not continue it exactly."""
+    if saved is not None:
+        check_same_config(run_dir, cfg, saved["config"])
+    if cfg.optim.batch_size % d.world_size:
+        raise ConfigError(
+            f"optim.batch_size {cfg.optim.batch_size} is the global batch and must divide by the "
+            f"{d.world_size} processes of torchrun; each takes batch_size / world_size"
+        )
+    if cfg.run.sync_bn and d.enabled and device.type != "cuda":
+        raise ConfigError("run.sync_bn needs CUDA devices; leave it off on CPU (BN statistics per process)")
+    precision = resolve_precision(cfg.run.precision, device)
+    if saved is not None:
+        check_same_hardware(saved, cfg, device, precision)
+    amp = autocast(device, precision)
+    kernels = set_kernels(device, cfg.run.deterministic)
+    torch.manual_seed(cfg.run.seed)
+
+    data = build_data(cfg.data, device)
+    check_same_data(run_dir, cfg, saved, data.fingerprint)  # the same data.root may hold other images now
+    model = build_model(cfg.model).to(device, memory_format=torch.channels_last)  # NHWC convs are faster
+    params, macs = count_params(model), count_macs(model)
+    if cfg.run.sync_bn and d.enabled:  # off by default: the paper's BN statistics are per device
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    forward = (
+        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if d.enabled
+        else model
+    )
+    forward = torch.compile(forward) if cfg.run.compile else forward
+    optimizer = build_optimizer(model, cfg.optim)
+    batches = Batches(
+        data,
+        cfg.optim.batch_size,
+        cfg.run.seed,
+        cfg.data.augment,
+        cfg.data.pad,
+        channels_last=True,
+        rank=d.rank,
+        world_size=d.world_size,
+    )
+    eval_every = cfg.run.eval_every or batches.steps_per_epoch  # default: once per epoch
+    return Setup(
+        cfg,
+        run_dir,
+        d,
+        device,
+        precision,
+        amp,
+        kernels,
+        data,
+        model,
+        forward,
+        evaluated=model if d.enabled else forward,
+        params=params,
+        macs=macs,
+        optimizer=optimizer,
+        schedule=LrSchedule(cfg.optim.lr, cfg.schedule),
+        batches=batches,
+        probe=(
+            TrainingProbe(model, fixed_test_images(data, cfg.analysis.images))
+            if cfg.analysis.every and d.main
+            else None
+        ),
+        eval_every=eval_every,
+        log_every=cfg.run.log_every or eval_every,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The loop's side effects, between two steps
+
+
+@dataclass(frozen=True)
+class Due:
+    """What happens after a step, besides the next step."""
+
+    log: bool
+    eval: bool
+    probe: bool
+    save: bool
+    stop: bool
+
+    @classmethod
+    def after(cls, s: Setup, iteration: int, stop: list[str]) -> Due:
+        last = iteration == s.cfg.schedule.iterations
+        log = iteration % s.log_every == 0 or last
+        # Under DDP the ranks agree on a stop at log points, so that all stop at the same step.
+        stopping = (log and distributed.any_rank(bool(stop), s.device)) if s.d.enabled else bool(stop)
+        every = s.cfg.run.checkpoint_every
+        return cls(
+            log=log,
+            eval=iteration % s.eval_every == 0 or last,
+            probe=s.probe is not None and (iteration % s.cfg.analysis.every == 0 or last),
+            save=last or stopping or bool(every and iteration % every == 0),
+            stop=stopping,
+        )
+
+    def __bool__(self) -> bool:
+        return self.log or self.eval or self.probe or self.save
+
+
+def side_effects(s: Setup, state: TrainState, due: Due, lr: float, tracker: Tracker, stop: list[str]) -> None:
+    """Everything between two steps, in this order; the only host syncs of the loop happen here."""
+    loss = state.sum_window(all_ranks=due.log or due.save)  # the same steps on every rank: a safe collective
+    if due.eval or due.save:  # every rank evaluates and checks the model that rank 0 saves
+        distributed.broadcast_buffers(s.model)
+    check_diverged(s, state, due, loss, lr)
+    if due.log:
+        log_window(s, state, loss, lr, tracker)
+    if due.probe and s.probe is not None:  # right after the step, while the gradients are this step's
+        scalars, vectors = s.probe()
+        tracker.log(state.iteration, {f"analysis/{k}": v for k, v in scalars.items()})
+        tracker.histograms(state.iteration, {f"analysis/{k}": v for k, v in vectors.items()})
+    if due.eval:
+        evaluate_splits(s, state, tracker)
+    if due.save:
+        if s.d.main:
+            tracker.flush()  # a kill after the checkpoint must not lose what was logged before it
+            checkpoint.save(s.state_dict(state), s.run_dir / CHECKPOINT)
+        state.checkpointed = state.iteration
+    if due.stop:
+        raise Interrupted(
+            f"stopped by {stop[0]} at iteration {state.iteration}; the checkpoint is saved. "
+            f"Continue with: {rerun_command(s.run_dir, '--resume')}"
+        )
+    state.marked = time.perf_counter()
+
+
+def check_diverged(s: Setup, state: TrainState, due: Due, loss: float, lr: float) -> None:
+    """Judge the loss only where every rank summed it (a lone rank must not stop the others). The
+    loss is computed before the update, so also check the weights about to be saved."""
+    summed = due.log or due.save or not s.d.enabled
+    if (summed and not math.isfinite(loss)) or (
+        due.save and distributed.any_rank(not finite(s.model), s.device)
+    ):
+        kept = (
+            f"The last good checkpoint (iteration {state.checkpointed}) is kept in {s.run_dir}"
+            if state.checkpointed is not None
+            else "No checkpoint was written yet, so there is none to resume: start again with --force"
+        )
+        raise Diverged(
+            f"training diverged (loss {loss}) by iteration {state.iteration} (lr {lr:g}). "
+            f"{kept}. Try a smaller optim.lr or schedule.warmup."
+        )
+
+
+def log_window(s: Setup, state: TrainState, loss: float, lr: float, tracker: Tracker) -> None:
+    """The running training loss and error over the window (every rank's share), then a new window."""
+    seen = state.window_steps * s.cfg.optim.batch_size
+    state.train_metrics = {
+        "error/train": 100.0 * state.summed_wrong.item() / seen,
+        "loss/train": loss / seen,
+        "lr": lr,
+        "perf/images_per_sec": seen / state.window_time,
+    }
+    tracker.log(state.iteration, state.train_metrics)
+    s.schedule.observe(state.iteration, state.train_metrics["error/train"])
+    state.step_time += state.window_time
+    state.new_window()
+
+
+def evaluate_splits(s: Setup, state: TrainState, tracker: Tracker) -> None:
+    splits = {"test": s.data.test, **({"val": s.data.val} if s.data.val is not None else {})}
+    for name, split in splits.items():
+        loss, error, count = evaluate(s.evaluated, s.data, split, s.amp, s.d)
+        state.eval_metrics |= {f"error/{name}": error, f"loss/{name}": loss}
+        state.evaluated_images[name] = count
+    tracker.log(state.iteration, state.eval_metrics)
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[list[str]]:
+    """While inside, SIGINT and SIGTERM append their name to the yielded list instead of killing us."""
+    requested: list[str] = []
+    handler = lambda signum, frame: requested.append(signal.Signals(signum).name)  # noqa: E731
+    try:
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: signals cannot be caught here, the default applies
+        yield requested
+        return
+    try:
+        yield requested
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class Start(IntEnum):
+    """How rank 0 opened the run directory. Every rank follows it: torchrun broadcasts it as an int."""
+
+    FRESH = 0
+    RESUME = 1
+    FINISHED = 2  # resumed with nothing left to do
+    REFUSED = 3  # rank 0 raised the reason
 
 
 def train(
@@ -283,7 +621,7 @@ def train(
     d = distributed.from_env()
     device = resolve_device(cfg.run.device, d)
     created = distributed.setup(d, device)
-    lock, error, status = None, None, FRESH
+    lock, error, start = None, None, Start.FRESH
     tracker = Trackers([RunFiles(run_dir), tracker or Tracker()]) if d.main else Tracker()
     try:
         if d.main:
@@ -291,19 +629,19 @@ def train(
                 lock = RunLock(run_dir, wait=wait)
                 if resume and (run_dir / SUMMARY).exists() and not force:
                     check_same_config(run_dir, cfg)
-                    status = FINISHED  # nothing left to do
+                    start = Start.FINISHED
                 else:
-                    status = RESUME if prepare_run_dir(run_dir, resume, force) else FRESH
+                    start = Start.RESUME if prepare_run_dir(run_dir, resume, force) else Start.FRESH
             except ResbenchError as err:
-                error, status = err, REFUSED
-        status = distributed.broadcast_int(status, device)  # every rank follows rank 0's decision
+                error, start = err, Start.REFUSED
+        start = Start(distributed.broadcast_int(start, device))
         if error is not None:
             raise error
-        if status == REFUSED:
+        if start == Start.REFUSED:
             raise ResbenchError(f"rank 0 refused {run_dir}; its message says why")
-        if status == FINISHED:
+        if start == Start.FINISHED:
             return read_summary(run_dir)
-        return _train(cfg, run_dir, tracker, status == RESUME, d, device)
+        return _train(cfg, run_dir, tracker, start == Start.RESUME, d, device)
     finally:
         tracker.close()
         if lock is not None:
@@ -316,218 +654,56 @@ def _train(
     cfg: RunConfig, run_dir: Path, tracker: Tracker, resuming: bool, d: Dist, device: torch.device
 ) -> Summary:
     saved = checkpoint.load(run_dir / CHECKPOINT) if resuming else None
+    s = build_setup(cfg, run_dir, d, device, saved)
+    state = TrainState.zeros(device)
     if saved is not None:
-        check_same_config(run_dir, cfg, saved["config"])
-    if cfg.optim.batch_size % d.world_size:
-        raise ConfigError(
-            f"optim.batch_size {cfg.optim.batch_size} is the global batch and must divide by the "
-            f"{d.world_size} processes of torchrun; each takes batch_size / world_size"
-        )
-    if cfg.run.sync_bn and d.enabled and device.type != "cuda":
-        raise ConfigError("run.sync_bn needs CUDA devices; leave it off on CPU (BN statistics per process)")
-
-    precision = resolve_precision(cfg.run.precision, device)
-    if saved is not None:
-        check_same_hardware(saved, cfg, device, precision)
-    amp = autocast(device, precision)
-    kernels = set_kernels(device, cfg.run.deterministic)
-    torch.manual_seed(cfg.run.seed)
-
-    data = build_data(cfg.data, device)
-    check_same_data(run_dir, cfg, saved, data.fingerprint)  # the same data.root may hold other images now
-    model = build_model(cfg.model).to(device, memory_format=torch.channels_last)  # NHWC convs are faster
-    params, macs = count_params(model), count_macs(model)
-    if cfg.run.sync_bn and d.enabled:  # off by default: the paper's BN statistics are per device
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    forward = (
-        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if d.enabled
-        else model
-    )
-    forward = torch.compile(forward) if cfg.run.compile else forward
-    evaluated = model if d.enabled else forward  # no DDP collectives in evaluation: shards may differ in size
-    optimizer = build_optimizer(model, cfg.optim)
-    schedule = LrSchedule(cfg.optim.lr, cfg.schedule)
-    batches = Batches(
-        data,
-        cfg.optim.batch_size,
-        cfg.run.seed,
-        cfg.data.augment,
-        cfg.data.pad,
-        channels_last=True,
-        rank=d.rank,
-        world_size=d.world_size,
-    )
-    probe = (
-        TrainingProbe(model, fixed_test_images(data, cfg.analysis.images))
-        if cfg.analysis.every and d.main
-        else None
-    )
-    eval_every = cfg.run.eval_every or batches.steps_per_epoch  # default: once per epoch
-    log_every = cfg.run.log_every or eval_every
-    window_loss = torch.zeros((), device=device)
-    window_wrong = torch.zeros((), dtype=torch.long, device=device)
-    window_steps, window_time, start, wall_time, step_time = 0, 0.0, 0, 0.0, 0.0
-    checkpointed: int | None = None  # the iteration of the last checkpoint written
-    train_metrics: dict[str, float] = {}
-    eval_metrics: dict[str, float] = {}
-    evaluated_images: dict[str, int] = {}
-
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        batches.load_state_dict(saved["batches"])
-        torch.set_rng_state(saved["torch_rng"])
-        if device.type == "cuda" and saved["cuda_rng"] is not None:
-            torch.cuda.set_rng_state(saved["cuda_rng"], device)
-        schedule.warming_up = saved["warming_up"]
-        if d.main:  # the saved window holds every rank's share: restore it once
-            window_loss.copy_(saved["window_loss"])
-            window_wrong.copy_(saved["window_wrong"])
-        window_steps, window_time, start = saved["window_steps"], saved["window_time"], saved["iteration"]
-        wall_time, step_time, checkpointed = saved["wall_time"], saved["step_time"], start
-        train_metrics, eval_metrics = saved["train_metrics"], saved["eval_metrics"]
-        evaluated_images = saved.get("evaluated_images", {})  # absent before issue 9; the next eval sets it
-
-    def state(iteration: int) -> dict[str, Any]:
-        return {
-            "iteration": iteration,
-            "config": cfg.to_dict(),
-            "device_type": device.type,
-            "precision": precision,
-            "data_fingerprint": data.fingerprint,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "batches": batches.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "warming_up": schedule.warming_up,
-            "window_loss": total_loss,  # the window the next step continues: every rank's share
-            "window_wrong": total_wrong,
-            "window_steps": window_steps,
-            "window_time": window_time,
-            "step_time": step_time,
-            "wall_time": wall_time + time.perf_counter() - t_start,
-            "train_metrics": train_metrics,
-            "eval_metrics": eval_metrics,
-            "evaluated_images": evaluated_images,
-        }
+        s.load_state_dict(saved, state)
 
     # Signals are noted from the first file written: a stop before the first step then still ends
     # with a checkpoint (at iteration 1), since a run directory with files but no last.pt could only
     # be started over. Loading the data and building the model, before, stop at once: nothing written.
     with stop_requests() as stop:
-        env = environment(device, precision) | kernels
-        env |= {"world_size": d.world_size, "data_fingerprint": data.fingerprint}
+        env = environment(device, s.precision) | s.kernels
+        env |= {"world_size": d.world_size, "data_fingerprint": s.data.fingerprint}
         if d.main:
             write_run_files(run_dir, cfg, env)
-        for message in data.notes:
+        for message in s.data.notes:
             tracker.note(message)
-        tracker.start(cfg, start, env)
-        model.train()
-        t_start = t_mark = time.perf_counter()
-        for it in range(start + 1, cfg.schedule.iterations + 1):
-            lr = schedule.lr(it)
-            for group in optimizer.param_groups:
+        tracker.start(cfg, state.iteration, env)
+        s.model.train()
+        state.started = state.marked = time.perf_counter()
+        for it in range(state.iteration + 1, cfg.schedule.iterations + 1):
+            lr = s.schedule.lr(it)
+            for group in s.optimizer.param_groups:
                 group["lr"] = lr
-            images, labels = batches.next()
-            loss, wrong = train_step(forward, optimizer, images, labels, amp)
-            window_loss += loss
-            window_wrong += wrong
-            window_steps += 1
+            images, labels = s.batches.next()
+            state.add(it, *train_step(s.forward, s.optimizer, images, labels, s.amp))
             tracker.step(it)
+            if due := Due.after(s, it, stop):
+                side_effects(s, state, due, lr, tracker, stop)
+    summary = final_summary(s, state)
+    tracker.finish(summary)
+    return summary
 
-            last = it == cfg.schedule.iterations
-            log_now, eval_now = it % log_every == 0 or last, it % eval_every == 0 or last
-            probe_now = probe is not None and (it % cfg.analysis.every == 0 or last)
-            # Under DDP the ranks agree on a stop at log points, so that all stop at the same step.
-            if d.enabled:
-                stop_now = log_now and distributed.any_rank(bool(stop), device)
-            else:
-                stop_now = bool(stop)
-            save_now = last or stop_now or (cfg.run.checkpoint_every and it % cfg.run.checkpoint_every == 0)
-            if not (log_now or eval_now or save_now or probe_now):
-                continue
 
-            # Side effects below this line; the only host syncs of the loop happen here.
-            seen = window_steps * cfg.optim.batch_size
-            total_loss, total_wrong = window_loss.clone(), window_wrong.clone()
-            if log_now or save_now:  # the same steps on every rank: a safe place for a collective
-                distributed.all_sum(total_loss, total_wrong)
-            window_loss_value = total_loss.item()
-            now = time.perf_counter()
-            window_time += now - t_mark
-            if eval_now or save_now:  # every rank evaluates and checks the model that rank 0 saves
-                distributed.broadcast_buffers(model)
-            # Judge the loss only where every rank summed it (a lone rank must not stop the others).
-            # The loss is computed before the update, so also check the weights about to be saved.
-            summed = log_now or save_now or not d.enabled
-            if (summed and not math.isfinite(window_loss_value)) or (
-                save_now and distributed.any_rank(not finite(model), device)
-            ):
-                kept = (
-                    f"The last good checkpoint (iteration {checkpointed}) is kept in {run_dir}"
-                    if checkpointed is not None
-                    else "No checkpoint was written yet, so there is none to resume: start again with --force"
-                )
-                raise Diverged(
-                    f"training diverged (loss {window_loss_value}) by iteration {it} (lr {lr:g}). "
-                    f"{kept}. Try a smaller optim.lr or schedule.warmup."
-                )
-            if log_now and window_steps:
-                train_metrics = {
-                    "error/train": 100.0 * total_wrong.item() / seen,
-                    "loss/train": window_loss_value / seen,
-                    "lr": lr,
-                    "perf/images_per_sec": seen / window_time,
-                }
-                tracker.log(it, train_metrics)
-                schedule.observe(it, train_metrics["error/train"])
-                step_time += window_time
-                # A new window; total_* is what a checkpoint saves, so it starts the new window too.
-                for t in (window_loss, window_wrong, total_loss, total_wrong):
-                    t.zero_()
-                window_steps, window_time = 0, 0.0
-            if probe_now:  # right after the step, while the gradients are this step's
-                scalars, vectors = probe()
-                tracker.log(it, {f"analysis/{k}": v for k, v in scalars.items()})
-                tracker.histograms(it, {f"analysis/{k}": v for k, v in vectors.items()})
-            if eval_now:
-                evals = {"test": data.test, **({"val": data.val} if data.val is not None else {})}
-                for split_name, split in evals.items():
-                    loss_value, error, count = evaluate(evaluated, data, split, amp, d)
-                    eval_metrics |= {f"error/{split_name}": error, f"loss/{split_name}": loss_value}
-                    evaluated_images[split_name] = count
-                tracker.log(it, eval_metrics)
-            if save_now:
-                if d.main:
-                    tracker.flush()  # a kill after the checkpoint must not lose what was logged before it
-                    checkpoint.save(state(it), run_dir / CHECKPOINT)
-                checkpointed = it
-            if stop_now:
-                raise Interrupted(
-                    f"stopped by {stop[0]} at iteration {it}; the checkpoint is saved. "
-                    f"Continue with: {rerun_command(run_dir, '--resume')}"
-                )
-            t_mark = time.perf_counter()
-
-    summary = Summary(
+def final_summary(s: Setup, state: TrainState) -> Summary:
+    """summary.json: the last log window's training numbers and the final model's evaluation."""
+    cfg = s.cfg
+    return Summary(
         name=cfg.run.name,
         seed=cfg.run.seed,
         iterations=cfg.schedule.iterations,
-        train_error=train_metrics["error/train"],
-        train_loss=train_metrics["loss/train"],
-        test_error=eval_metrics["error/test"],
-        test_loss=eval_metrics["loss/test"],
-        val_error=eval_metrics.get("error/val"),
-        val_loss=eval_metrics.get("loss/val"),
-        params=params,
-        macs=macs,
-        wall_time=wall_time + time.perf_counter() - t_start,
-        images_per_sec=cfg.schedule.iterations * cfg.optim.batch_size / max(step_time, 1e-9),
-        device=str(device),
-        precision=precision,
-        test_samples=evaluated_images.get("test", 0),
+        train_error=state.train_metrics["error/train"],
+        train_loss=state.train_metrics["loss/train"],
+        test_error=state.eval_metrics["error/test"],
+        test_loss=state.eval_metrics["loss/test"],
+        val_error=state.eval_metrics.get("error/val"),
+        val_loss=state.eval_metrics.get("loss/val"),
+        params=s.params,
+        macs=s.macs,
+        wall_time=state.elapsed(),
+        images_per_sec=cfg.schedule.iterations * cfg.optim.batch_size / max(state.step_time, 1e-9),
+        device=str(s.device),
+        precision=s.precision,
+        test_samples=state.evaluated_images.get("test", 0),
     )
-    tracker.finish(summary)
-    return summary

@@ -292,6 +292,46 @@ def test_killed_after_a_checkpoint_at_a_log_point_resumes_to_the_same_train_erro
     assert_same_run(tmp_path / "run", killed[60])
 
 
+def test_a_checkpoint_keeps_its_keys_and_types(one_go) -> None:
+    """last.pt is a file format: checkpoints written by earlier versions must still resume."""
+    _, done, _ = one_go
+    saved = checkpoint.load(done / "last.pt")
+    assert {k: type(v).__name__ for k, v in saved.items()} == {
+        "iteration": "int",
+        "config": "dict",
+        "device_type": "str",
+        "precision": "str",
+        "data_fingerprint": "str",
+        "model": "OrderedDict",
+        "optimizer": "dict",
+        "batches": "dict",
+        "torch_rng": "Tensor",
+        "cuda_rng": "NoneType",
+        "warming_up": "bool",
+        "window_loss": "Tensor",
+        "window_wrong": "Tensor",
+        "window_steps": "int",
+        "window_time": "float",
+        "step_time": "float",
+        "wall_time": "float",
+        "train_metrics": "dict",
+        "eval_metrics": "dict",
+        "evaluated_images": "dict",
+    }
+    assert (saved["window_loss"].dtype, saved["window_wrong"].dtype) == (torch.float32, torch.int64)
+
+
+def test_a_checkpoint_from_before_issue_9_resumes_exactly(one_go, tmp_path: Path) -> None:
+    """Without evaluated_images and device_type, as before issue 9: the next evaluation sets the count."""
+    cfg, done, _ = one_go
+    run = stopped_at(cfg, 7, "signal", {}, tmp_path / "run")  # after the evaluation at 6
+    saved = dict(checkpoint.load(run / "last.pt"))
+    assert saved.pop("evaluated_images") and saved.pop("device_type") == "cpu"
+    checkpoint.save(saved, run / "last.pt")
+    train(cfg, run, resume=True)
+    assert_same_run(done, run)
+
+
 def test_a_kill_after_a_checkpoint_loses_no_record_before_it(one_go) -> None:
     """metrics.jsonl and the TensorBoard events are on disk before each checkpoint is written."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
