@@ -1,5 +1,6 @@
 """cli.py: commands, messages and exit codes, through Typer's CliRunner and `python -m resbench`."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,30 @@ def test_a_stop_while_the_command_line_imports_is_one_message_and_130(sig: str) 
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert f"stopped: {sig} while starting" in err and "Traceback" not in err and "resnet56" not in out
+
+
+LEAVE = """
+import atexit, sys
+import resbench.cli
+def command():  # stands for a finished command; its output is still in the buffer
+    print("done")
+    sys.exit(None if sys.argv[1] == "none" else int(sys.argv[1]))
+resbench.cli.main = command
+atexit.register(lambda: print("interpreter teardown"))
+from resbench.__main__ import main
+main()
+"""
+
+
+@pytest.mark.parametrize("world_size,code", [("2", "0"), ("2", "none"), ("2", "130"), ("1", "130")])
+def test_a_torchrun_worker_leaves_without_interpreter_teardown(world_size: str, code: str) -> None:
+    """Gloo can abort a finished worker during interpreter teardown, and torchrun then fails the job.
+    A worker's output is flushed and its exit code kept; a single process exits as usual."""
+    env = {**os.environ, "WORLD_SIZE": world_size}
+    out = subprocess.run([sys.executable, "-c", LEAVE, code], capture_output=True, text=True, env=env)
+    assert out.returncode == (0 if code == "none" else int(code)), out.stderr
+    assert out.stdout.startswith("done\n")
+    assert ("interpreter teardown" in out.stdout) == (world_size == "1")
 
 
 @pytest.mark.parametrize(
