@@ -22,10 +22,10 @@ from resbench.analysis.responses import AnalysisReport, analyze_run, summarise_a
 from resbench.compare import Planned, Report, load_run, plan, summarise
 from resbench.config import Device, RunConfig
 from resbench.errors import ConfigError, Interrupted, ResbenchError
+from resbench.hardware import resolve_device
 from resbench.rundir import Summary, load_config, run_dir_for
 from resbench.sweep import Event, Outcome, run_all, run_all_ray
 from resbench.tracking import Tracker
-from resbench.train import resolve_device
 from resbench.train import train as train_run
 
 if TYPE_CHECKING:  # report.py imports matplotlib (a second): only the commands that draw load it

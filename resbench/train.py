@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ from resbench.config import OptimConfig, RunConfig, ScheduleConfig
 from resbench.data import Batches, Data, Split, build_data
 from resbench.distributed import Dist
 from resbench.errors import ConfigError, Diverged, Interrupted, ResbenchError
+from resbench.hardware import autocast, check_same_hardware, resolve_device, resolve_precision, set_kernels
 from resbench.models import build_model, count_macs, count_params
 from resbench.rundir import (
     CHECKPOINT,
@@ -54,74 +54,6 @@ from resbench.rundir import (
     write_run_files,
 )
 from resbench.tracking import RunFiles, Tracker, Trackers, environment
-
-# --------------------------------------------------------------------------------------------
-# Device and precision
-
-
-def resolve_device(name: str, d: Dist = distributed.SINGLE) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu. Asking for a device that is not there is an error.
-    Under torchrun, each rank takes the GPU of its LOCAL_RANK."""
-    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
-    if name == "auto":
-        name = next(n for n in ("cuda", "mps", "cpu") if available[n])
-    if name == "cuda" and available["cuda"] and d.enabled:
-        torch.cuda.set_device(d.local_rank)
-        return torch.device("cuda", d.local_rank)
-    if not available[name]:
-        raise ConfigError(
-            f"run.device is {name!r} but this machine has no {name.upper()} device "
-            "that torch can use; use --device cpu or --device auto"
-        )
-    return torch.device(name)
-
-
-def native_bf16(device: torch.device) -> bool:
-    if device.type == "cuda":  # Ampere (8.0) and later; is_bf16_supported() also counts emulation
-        return torch.cuda.get_device_capability(device) >= (8, 0)
-    if device.type == "cpu":  # AVX512-BF16 or AMX; elsewhere bf16 is emulated and slower than fp32
-        cpu = getattr(torch, "cpu", None)
-        return bool(
-            getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
-            or getattr(cpu, "_is_amx_tile_supported", lambda: False)()
-        )
-    return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    if precision == "bf16" and device.type == "mps":
-        raise ConfigError("run.precision bf16 is not supported on mps; use fp32 or auto")
-    return precision
-
-
-def set_kernels(device: torch.device, deterministic: bool) -> dict[str, bool]:
-    """Choose the CUDA kernels; returns the settings for env.json.
-
-    TF32 is off: a run that says fp32 computes in fp32 (cuDNN would otherwise use TF32 convs on
-    Ampere and later), and bf16 autocast is the fast path. `deterministic` trades cudnn.benchmark's
-    fastest kernels for reproducible ones, so that a resumed GPU run can match one done in one go.
-    """
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic  # fixed shapes: pick once
-    if deterministic:  # cuBLAS reads this when it starts, i.e. before the first matmul of the process
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic)
-    return {
-        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
-        "cudnn_benchmark": torch.backends.cudnn.benchmark,
-        "deterministic": torch.are_deterministic_algorithms_enabled(),
-    }
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast for convs and matmuls; weights, BN statistics and the loss stay in fp32."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
 
 # --------------------------------------------------------------------------------------------
 # Optimiser and schedule
@@ -321,27 +253,6 @@ def finite(model: nn.Module) -> bool:
     stays finite). One host sync: call it at checkpoints only."""
     values = [t.detach().flatten() for t in model.state_dict().values() if t.is_floating_point()]
     return bool(torch.isfinite(torch.cat(values)).all())
-
-
-def check_same_hardware(saved: dict[str, Any], cfg: RunConfig, device: torch.device, precision: str) -> None:
-    """A run resumes on the device type and in the precision it started with, whatever `auto`
-    resolves to on this machine."""
-    # Checkpoints from before device_type was saved hold a cuda_rng exactly when they ran on CUDA.
-    was = saved.get("device_type") or ("cpu" if saved["cuda_rng"] is None else "cuda")
-    if was != device.type:
-        raise ConfigError(
-            f"run.device: this run was trained on {was} and would resume on {device.type}. Its batch "
-            f"order and augmentation come from a {was} random generator, which a {device.type} "
-            f"generator cannot continue with the same draws. Resume with --device {was}, or start "
-            "the run again with --force."
-        )
-    if saved["precision"] != precision:  # the key is the same, so it is `auto` on other hardware
-        raise ConfigError(
-            f"run.precision: this run was trained in {saved['precision']}, and run.precision "
-            f"{cfg.run.precision} gives {precision} on this {device.type}; a run must not switch "
-            f"precision halfway. Resume it where {cfg.run.precision} gives {saved['precision']}, or "
-            "start the run again with --force."
-        )
 
 
 @dataclass

@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from resbench import config
+from resbench.hardware import autocast, resolve_precision
 from resbench.models import build_model
 from resbench.tracking import cpu_name
-from resbench.train import autocast, build_optimizer, resolve_precision, train, train_step
+from resbench.train import build_optimizer, train, train_step
 
 
 def synthetic_pickles(root: Path, n_train: int = 50_000, n_test: int = 10_000) -> Path:

@@ -18,15 +18,12 @@ import torch
 
 from resbench import checkpoint, config
 from resbench.errors import ConfigError, Diverged, Interrupted, RunDirError
+from resbench.hardware import set_kernels
 from resbench.rundir import RESUMABLE_CHANGES, RunLock, read_metrics, read_summary
 from resbench.tracking import Tracker
 from resbench.train import (
     LrSchedule,
     build_optimizer,
-    native_bf16,
-    resolve_device,
-    resolve_precision,
-    set_kernels,
     train,
 )
 
@@ -390,13 +387,6 @@ def test_weight_decay_scope() -> None:
     assert len(decayed["params"]) + len(free["params"]) == len(list(model.parameters()))
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
-def test_asking_for_cuda_without_a_gpu_is_an_error() -> None:
-    with pytest.raises(ConfigError, match="no CUDA device"):
-        resolve_device("cuda")
-    assert resolve_device("auto").type in ("cpu", "mps")
-
-
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(learnable_root: Path, tmp_path: Path) -> None:
     cfg = load(
         learnable_root, "optim.lr=1e12", "optim.momentum=0", "run.checkpoint_every=1", "run.log_every=1"
@@ -474,29 +464,16 @@ def test_a_run_does_not_switch_precision_halfway(
     learnable_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = tmp_path / "run"
-    monkeypatch.setattr("resbench.train.native_bf16", lambda device: True)
+    monkeypatch.setattr("resbench.hardware.native_bf16", lambda device: True)
     with pytest.raises(Interrupted):
         train(load(learnable_root), run, InterruptAt(5))  # run.precision auto gives bf16 here
     assert checkpoint.load(run / "last.pt")["precision"] == "bf16"
-    monkeypatch.setattr("resbench.train.native_bf16", lambda device: False)  # hardware where auto gives fp32
+    monkeypatch.setattr("resbench.hardware.native_bf16", lambda device: False)  # where auto gives fp32
     with pytest.raises(ConfigError, match=r"run\.precision: this run was trained in bf16.*gives fp32"):
         train(load(learnable_root), run, resume=True)
     with pytest.raises(ConfigError, match=r"run\.precision"):
         train(load(learnable_root, "run.precision=fp32"), run, resume=True)
     train(load(learnable_root, "run.precision=bf16"), run, force=True)  # a fresh run may choose
-
-
-@pytest.mark.parametrize(
-    "capability, native", [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)]
-)
-def test_bf16_is_native_on_cuda_from_compute_capability_8(
-    monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], native: bool
-) -> None:
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # it counts emulation too
-    cuda = torch.device("cuda", 0)
-    assert native_bf16(cuda) is native
-    assert resolve_precision("auto", cuda) == ("bf16" if native else "fp32")
 
 
 def test_kernel_settings_tf32_off_deterministic_on_request(

@@ -22,8 +22,9 @@ from resbench.analysis.trained import final_model
 from resbench.config import flatten
 from resbench.data import build_data
 from resbench.errors import CheckpointError, ConfigError
+from resbench.hardware import autocast, resolve_device, resolve_precision
 from resbench.rundir import CONFIG, SUMMARY, read_summary
-from resbench.train import autocast, evaluate, resolve_device, resolve_precision
+from resbench.train import evaluate
 
 # What `--set` may change: where the images come from, never what the model is or how it sees them.
 DATA_KEYS = ("data.root", "data.download")
