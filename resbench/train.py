@@ -11,8 +11,10 @@ model, optimiser, schedule, batch order, probe) into a `Setup`, the loop runs th
 log, eval and checkpoint points, `side_effects`, and the summary is written. The loop's
 accumulators live in one `TrainState`. A checkpoint is `Setup.state_dict(state)`: every piece of
 state the next step depends on, so a resumed run is bit-identical on CPU, and
-`Setup.load_state_dict` restores exactly that. Where the run directory's files live and how it is
-opened is rundir.py's; how last.pt is written and read, checkpoint.py's.
+`Setup.load_state_dict` restores exactly that, after `check_same_hardware` has refused a resume on
+another device type or in another precision. Which device and precision `auto` means is
+hardware.py's; where the run directory's files live and how it is opened, rundir.py's; how last.pt
+is written and read, checkpoint.py's.
 """
 
 from __future__ import annotations
@@ -33,17 +35,15 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from resbench import checkpoint, distributed
-from resbench.analysis.probe import TrainingProbe
-from resbench.analysis.responses import fixed_test_images
 from resbench.config import OptimConfig, RunConfig, ScheduleConfig
 from resbench.data import Batches, Data, Split, build_data
 from resbench.distributed import Dist
 from resbench.errors import ConfigError, Diverged, Interrupted, ResbenchError
-from resbench.hardware import autocast, check_same_hardware, resolve_device, resolve_precision, set_kernels
+from resbench.hardware import autocast, resolve_device, resolve_precision, set_kernels
 from resbench.models import build_model, count_macs, count_params
+from resbench.probe import TrainingProbe, fixed_test_images
 from resbench.rundir import (
     CHECKPOINT,
-    SUMMARY,
     RunLock,
     Summary,
     check_same_config,
@@ -51,6 +51,7 @@ from resbench.rundir import (
     prepare_run_dir,
     read_summary,
     rerun_command,
+    run_state,
     write_run_files,
 )
 from resbench.tracking import RunFiles, Tracker, Trackers, environment
@@ -255,6 +256,27 @@ def finite(model: nn.Module) -> bool:
     return bool(torch.isfinite(torch.cat(values)).all())
 
 
+def check_same_hardware(saved: dict[str, Any], cfg: RunConfig, device: torch.device, precision: str) -> None:
+    """A run resumes on the device type and in the precision it started with, whatever `auto`
+    resolves to on this machine."""
+    # Checkpoints from before device_type was saved hold a cuda_rng exactly when they ran on CUDA.
+    was = saved.get("device_type") or ("cpu" if saved["cuda_rng"] is None else "cuda")
+    if was != device.type:
+        raise ConfigError(
+            f"run.device: this run was trained on {was} and would resume on {device.type}. Its batch "
+            f"order and augmentation come from a {was} random generator, which a {device.type} "
+            f"generator cannot continue with the same draws. Resume with --device {was}, or start "
+            "the run again with --force."
+        )
+    if saved["precision"] != precision:  # the key is the same, so it is `auto` on other hardware
+        raise ConfigError(
+            f"run.precision: this run was trained in {saved['precision']}, and run.precision "
+            f"{cfg.run.precision} gives {precision} on this {device.type}; a run must not switch "
+            f"precision halfway. Resume it where {cfg.run.precision} gives {saved['precision']}, or "
+            "start the run again with --force."
+        )
+
+
 @dataclass
 class Setup:
     """What one process trains with, built once by `build_setup`: the device and precision, the data,
@@ -421,7 +443,7 @@ def side_effects(s: Setup, state: TrainState, due: Due, lr: float, tracker: Trac
     if due.eval or due.save:  # every rank evaluates and checks the model that rank 0 saves
         distributed.broadcast_buffers(s.model)
     check_diverged(s, state, due, loss, lr)
-    if due.log:
+    if due.log and state.window_steps:  # a window of no steps has no mean
         log_window(s, state, loss, lr, tracker)
     if due.probe and s.probe is not None:  # right after the step, while the gradients are this step's
         scalars, vectors = s.probe()
@@ -538,7 +560,7 @@ def train(
         if d.main:
             try:
                 lock = RunLock(run_dir, wait=wait)
-                if resume and (run_dir / SUMMARY).exists() and not force:
+                if resume and run_state(run_dir) == "finished" and not force:
                     check_same_config(run_dir, cfg)
                     start = Start.FINISHED
                 else:
