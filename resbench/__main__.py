@@ -29,6 +29,7 @@ def main() -> None:
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, note)
     from resbench.cli import main as cli_main
+    from resbench.distributed import from_env
 
     if stops:
         sys.stderr.write(f"stopped: {signal.Signals(stops[0]).name} while starting; nothing was done\n")
@@ -37,7 +38,7 @@ def main() -> None:
     try:
         cli_main()  # makes SIGTERM stop like Ctrl-C, as a KeyboardInterrupt
     except SystemExit as done:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a torchrun worker
+        if from_env().enabled:  # a torchrun worker
             leave(done.code)
         raise
 

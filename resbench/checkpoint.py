@@ -4,8 +4,9 @@ key is a clear error.
 `save` writes to a temp file, fsyncs it and renames it over the checkpoint (files.atomic_open), so a
 crash mid-write leaves the previous one intact. `load` uses `torch.load(weights_only=True)`: a
 checkpoint holds only tensors and plain Python values (RNG states are uint8 tensors). What goes into
-a checkpoint is decided by `train.py`, where it lives (`last.pt`) and whether a resume may use it
-(the same config, the same data) by `rundir.py`; this module only moves it to and from disk.
+a checkpoint, and whether a resume may continue it on this device and in this precision, is
+decided by `train.py`; where it lives (`last.pt`) and whether a resume may use it (the same config,
+the same data) by `rundir.py`. This module only moves it to and from disk.
 """
 
 from __future__ import annotations

@@ -219,6 +219,7 @@ def compare(
 ) -> None:
     """Plain vs residual side by side: train what is missing, reuse what exists, report and judge."""
     with user_errors():
+        sweep = experiment.Sweep(backend, jobs, address, gpus_per_run, cpus_per_run, retries)  # checked first
         result = experiment.compare(
             names,
             parse_seeds(seeds),
@@ -228,7 +229,7 @@ def compare(
             out,
             train_missing=not no_train,
             with_analysis=analyze,
-            sweep=experiment.Sweep(backend, jobs, address, gpus_per_run, cpus_per_run, retries),
+            sweep=sweep,
             watch=console.SweepProgress(),
         )
         console.print_comparison(result)

@@ -23,7 +23,6 @@ from resbench.config import RunConfig
 from resbench.errors import CompareError, RunDirError
 from resbench.rundir import (
     CONFIG,
-    SUMMARY,
     RunState,
     Summary,
     changed_keys,
@@ -136,7 +135,7 @@ def load_run(run_dir: Path) -> RunRecord:
     metrics = read_metrics(run_dir)
     if not metrics:
         raise CompareError(f"{run_dir} has no metrics.jsonl: the run never logged. Train it first.")
-    if not (run_dir / SUMMARY).is_file():
+    if run_state(run_dir) != "finished":
         raise CompareError(
             f"{run_dir} is unfinished (no summary.json). Resume it, or compare without --no-train."
         )

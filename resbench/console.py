@@ -1,4 +1,5 @@
 """What the commands print: every rich table, progress bar, note and error message of resbench.
+(One exception: __main__.py writes the plain `stopped: ... while starting` before rich is loaded.)
 
     out, err                             the consoles of stdout and stderr
     print_error(message, label)          `error: ...` on stderr: one short message, no traceback

@@ -1,4 +1,5 @@
-"""The jobs behind the commands, one library call each: they train, measure and write, and return data.
+"""The jobs behind `train`, `compare` and `analyze`, one library call each: they train, measure and
+write, and return data. (`evaluate` and `data prepare` call analysis.evaluate and cifar.prepare.)
 
     train_seeds(config, seeds, overrides, preset, runs_dir)  -> (run_dir, Summary) per seed   train
     compare(names, seeds, overrides, preset, runs_dir, ...)  -> Comparison                    compare
@@ -200,10 +201,10 @@ def analyze(
 ) -> Analysis:
     """Figure 7: each run's layer responses and block ratios on `images` fixed test images, written
     to `out` (figure7.png/.svg, layers.csv)."""
-    from resbench.report import write_analysis
-
     if images < 1:
         raise ConfigError(f"--images {images}: must be at least 1")
+    from resbench.report import write_analysis
+
     where = resolve_device(device)
     analyses = [analyze_run(d, images, per_channel, where) for d in run_dirs]
     responses = summarise_analyses(analyses)

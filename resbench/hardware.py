@@ -2,7 +2,7 @@
 
     resolve_device("auto") -> torch.device      resolve_precision("auto", device) -> "bf16" | "fp32"
     set_kernels(device, deterministic) -> the settings env.json records
-    autocast(device, precision)                  check_same_hardware(saved, cfg, device, precision)
+    autocast(device, precision)
 
 No training here (train.py); evaluation and analysis pick their device through the same functions,
 so `auto` means one thing everywhere. Asking for a device that is not there is an error, never a
@@ -18,7 +18,6 @@ from typing import Any
 import torch
 
 from resbench import distributed
-from resbench.config import RunConfig
 from resbench.distributed import Dist
 from resbench.errors import ConfigError
 
@@ -85,24 +84,3 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def check_same_hardware(saved: dict[str, Any], cfg: RunConfig, device: torch.device, precision: str) -> None:
-    """A run resumes on the device type and in the precision it started with, whatever `auto`
-    resolves to on this machine."""
-    # Checkpoints from before device_type was saved hold a cuda_rng exactly when they ran on CUDA.
-    was = saved.get("device_type") or ("cpu" if saved["cuda_rng"] is None else "cuda")
-    if was != device.type:
-        raise ConfigError(
-            f"run.device: this run was trained on {was} and would resume on {device.type}. Its batch "
-            f"order and augmentation come from a {was} random generator, which a {device.type} "
-            f"generator cannot continue with the same draws. Resume with --device {was}, or start "
-            "the run again with --force."
-        )
-    if saved["precision"] != precision:  # the key is the same, so it is `auto` on other hardware
-        raise ConfigError(
-            f"run.precision: this run was trained in {saved['precision']}, and run.precision "
-            f"{cfg.run.precision} gives {precision} on this {device.type}; a run must not switch "
-            f"precision halfway. Resume it where {cfg.run.precision} gives {saved['precision']}, or "
-            "start the run again with --force."
-        )

@@ -11,9 +11,11 @@ A run lives in `runs/<name>/seed<k>/` (`run_dir_for`):
     .lock           the flock that keeps a second training out
 
 This module owns those names, the lock, the run's state (`RunState`), preparing or refusing a
-directory for a training, the same-config and same-data checks of a resume, and reading config.yaml,
-env.json, metrics.jsonl and summary.json back. It holds no writer of a run's records (tracking.py),
-nothing about what a checkpoint holds (train.py) or how it is stored (checkpoint.py).
+directory for a training (writing config.yaml and env.json when a run starts, and cutting
+metrics.jsonl back to the checkpoint on resume), the same-config and same-data checks of a resume
+(they read a checkpoint's `config` and `data_fingerprint`), and reading config.yaml, env.json,
+metrics.jsonl and summary.json back. The records written while a run trains are tracking.py's;
+what a checkpoint holds is train.py's, and how it is stored checkpoint.py's.
 
 Every failure to read or write these files is a `RunDirError` naming the file and the fix, and never
 deletes anything: a damaged file is refused, not replaced, and a full disk keeps the last checkpoint.
@@ -206,7 +208,7 @@ def write_run_files(run_dir: Path, cfg: RunConfig, env: Mapping[str, Any]) -> No
 # Is it the same run? config.yaml against last.pt, a config against the run, the data against last.pt
 
 # Keys that may change between a run and its resume without changing what is computed. run.device
-# only where it resolves to the same device type (auto -> cuda): train.py checks it.
+# only where it resolves to the same device type (auto -> cuda): train.check_same_hardware checks it.
 RESUMABLE_CHANGES = frozenset(
     {
         "run.device",

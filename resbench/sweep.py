@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from resbench.config import RunConfig, validate
-from resbench.errors import ConfigError, ResbenchError
+from resbench.errors import ConfigError, Diverged, Interrupted, ResbenchError
 from resbench.rundir import RunLock, Summary
 from resbench.tracking import Tracker
 
@@ -198,7 +198,7 @@ def _worker(
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before torch looks at CUDA
     import torch
 
-    from resbench.errors import Interrupted
+    import resbench.train  # noqa: F401  (here, not in the first task: a stop while it loads is no run's)
 
     torch.set_num_threads(threads)
     stopped = False
@@ -434,8 +434,6 @@ def _drain_ray(events: Any, on_event: Callable[[Event], None]) -> None:
 def retriable(err: BaseException) -> bool:
     """Whether a failed run may succeed when tried again from its checkpoint. A config error, a
     divergence or running out of memory would only happen again."""
-    from resbench.errors import Diverged
-
     if isinstance(err, (ConfigError, Diverged, MemoryError)):
         return False
     # torch.OutOfMemoryError (older torch: a RuntimeError "CUDA out of memory"), and Ray's own

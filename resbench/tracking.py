@@ -1,8 +1,9 @@
 """What a run records while it trains: the `Tracker` interface, and `RunFiles`, its writer of the run
-directory's TensorBoard events, metrics.jsonl and summary.json; `environment()` for env.json.
+directory's TensorBoard events, metrics.jsonl and summary.json; `environment()`, what env.json records
+(rundir.write_run_files writes it).
 
 The training loop sends every side effect through a `Tracker`. The base class does nothing (the
-null twin), `RunFiles` writes the files, and the CLI adds a console tracker of its own.
+null twin), `RunFiles` writes the files, and console.ConsoleTracker shows progress in a terminal.
 
 The run directory's layout, its lock and state, and reading its files back are in rundir.py; this
 module asks it for every file name. Every failure to write is a `RunDirError` (rundir.writing).

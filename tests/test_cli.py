@@ -142,26 +142,6 @@ def test_ray_options_are_checked_not_ignored(cli, tmp_path, args: list[str], mes
     assert message in result.stderr and "Traceback" not in result.output
 
 
-def test_console_eval_lines_show_no_train_numbers_before_the_first_log_window() -> None:
-    """An eval before the first log point (or right after a resume) printed "train err nan% loss nan"."""
-    import io
-
-    from rich.console import Console
-
-    from resbench.console import ConsoleTracker
-
-    out = io.StringIO()
-    tracker = ConsoleTracker(Console(file=out, width=200))
-    tracker.total = 40
-    tracker.log(6, {"error/test": 80.0, "loss/test": 2.0})
-    tracker.log(8, {"error/train": 75.0, "loss/train": 1.5, "lr": 0.1, "perf/images_per_sec": 1234.0})
-    tracker.log(12, {"error/test": 70.0, "loss/test": 1.9, "error/val": 72.0})
-    before, after = out.getvalue().splitlines()
-    assert "nan" not in before and "img/s" not in before
-    assert before == "iter  6/40  train err     -   loss     -  test err 80.00%"
-    assert after == "iter 12/40  train err 75.00%  loss 1.500  test err 70.00%  val err 72.00%  1,234 img/s"
-
-
 @pytest.mark.parametrize(
     "args",
     [

@@ -23,7 +23,7 @@ from resbench.config import flatten
 from resbench.data import build_data
 from resbench.errors import CheckpointError, ConfigError
 from resbench.hardware import autocast, resolve_device, resolve_precision
-from resbench.rundir import CONFIG, SUMMARY, read_summary
+from resbench.rundir import CONFIG, read_summary, run_state
 from resbench.train import evaluate
 
 # What `--set` may change: where the images come from, never what the model is or how it sees them.
@@ -106,7 +106,7 @@ def evaluate_run(
     # channels_last as in training: the same conv kernels, so the same numbers to the bit
     model = model.to(where, memory_format=torch.channels_last)
     data = build_data(cfg.data, where)
-    summary = read_summary(run_dir) if (run_dir / SUMMARY).is_file() else None
+    summary = read_summary(run_dir) if run_state(run_dir) == "finished" else None
     if summary is not None and summary.iterations != iteration:
         raise CheckpointError(
             f"{run_dir}: last.pt is at iteration {iteration} but summary.json at "
