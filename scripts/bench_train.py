@@ -9,6 +9,9 @@
 
 `bare` uses the same precision and memory format as `resbench`, so `resbench/bare` is the cost of
 the input pipeline and bookkeeping. Ratios matter more than absolute numbers on a shared machine.
+`ops/step` counts the aten ops one steady-state `bare` step dispatches (resbench.dispatch), and
+`optim` the optimiser's share of them: on a GPU each op launches at least one kernel, so it bounds
+how fast an eager step can be.
 
     python scripts/bench_train.py                          # ResNet-20 and -56, CPU (+ CUDA if present)
     python scripts/bench_train.py --models resnet56 --steps 60 --data-root data
@@ -29,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from resbench import config
-from resbench.hardware import autocast, resolve_precision
+from resbench.dispatch import OpCounter
+from resbench.hardware import autocast, resolve_precision, set_kernels
 from resbench.models import build_model
 from resbench.tracking import cpu_name
 from resbench.train import build_optimizer, train, train_step
@@ -51,10 +55,13 @@ def synthetic_pickles(root: Path, n_train: int = 50_000, n_test: int = 10_000) -
     return root
 
 
-def bare(cfg: config.RunConfig, device: torch.device, precision: str, steps: int, warmup: int) -> float:
+def bare(
+    cfg: config.RunConfig, device: torch.device, precision: str, steps: int, warmup: int
+) -> tuple[float, OpCounter]:
+    """Images/s, and the ops of one more step, counted after the timed window (counting is slow)."""
     torch.manual_seed(0)
     model = build_model(cfg.model).to(device, memory_format=torch.channels_last).train()
-    optimizer = build_optimizer(model, cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim, device)
     images = torch.randn(cfg.optim.batch_size, 3, 32, 32, device=device).contiguous(
         memory_format=torch.channels_last
     )
@@ -66,7 +73,10 @@ def bare(cfg: config.RunConfig, device: torch.device, precision: str, steps: int
             t0 = time.perf_counter()
         train_step(model, optimizer, images, labels, amp)
     _sync(device)
-    return steps * cfg.optim.batch_size / (time.perf_counter() - t0)
+    rate = steps * cfg.optim.batch_size / (time.perf_counter() - t0)
+    with OpCounter() as ops:
+        train_step(model, optimizer, images, labels, amp)
+    return rate, ops
 
 
 def resbench_loop(cfg: config.RunConfig, steps: int, warmup: int, scratch: Path) -> float:
@@ -123,7 +133,7 @@ def conventional(cfg: config.RunConfig, device: torch.device, root: Path, steps:
     )
     torch.manual_seed(0)
     model = build_model(cfg.model).to(device).train()
-    optimizer = build_optimizer(model, cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim, device)
     it = iter(loader)
     for i in range(warmup + steps):
         if i == warmup:
@@ -163,7 +173,7 @@ def main() -> None:
     )
     print(
         f"{'model':10} {'device':6} {'precision':9} {'bare':>8} {'resbench':>9} {'conventional':>13} "
-        f"{'resbench/bare':>14} {'resbench/conv':>14}"
+        f"{'resbench/bare':>14} {'resbench/conv':>14} {'ops/step':>9} {'optim':>6}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
@@ -171,14 +181,15 @@ def main() -> None:
         for device_name in args.devices.split(","):
             device = torch.device(device_name)
             precision = resolve_precision("auto", device)
+            set_kernels(device, deterministic=False)  # train() sets the same: every variant gets them
             for name in args.models.split(","):
                 cfg = config.load(name, [f"data.root={root}", f"run.device={device_name}"])
-                r_bare = bare(cfg, device, precision, args.steps, args.warmup)
+                r_bare, ops = bare(cfg, device, precision, args.steps, args.warmup)
                 r_res = resbench_loop(cfg, args.steps, args.warmup, scratch)
                 r_conv = conventional(cfg, device, root, args.steps, args.warmup)
                 print(
                     f"{name:10} {device_name:6} {precision:9} {r_bare:8.0f} {r_res:9.0f} {r_conv:13.0f} "
-                    f"{r_res / r_bare:14.2f} {r_res / r_conv:14.2f}",
+                    f"{r_res / r_bare:14.2f} {r_res / r_conv:14.2f} {len(ops.ops):9} {ops.optimizer_ops:6}",
                     flush=True,
                 )
 

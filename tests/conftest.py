@@ -35,5 +35,17 @@ def resbench_command() -> Callable[..., list[str]]:
     return command
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `cuda`-marked tests where torch sees no CUDA GPU; `pytest -m cuda` runs them on one."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 # tiny CIFAR data for any test, and the real copy (prepared once per session, skipped where absent)
 from data_fixtures import learnable_root, real_cifar10_prepared, real_cifar10_root, tiny, tiny_cifar10_root  # noqa: E402, F401
