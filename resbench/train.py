@@ -121,6 +121,17 @@ class LrSchedule:
 # Step and evaluation
 
 
+def forward_loss(
+    model: nn.Module, images: Tensor, labels: Tensor, amp: contextlib.AbstractContextManager[Any]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The batch's mean loss, to differentiate, and its summed loss and number of errors for the
+    window, all on the device. The loss is taken in fp32 whatever autocast gave the logits."""
+    with amp:
+        logits = model(images)
+    loss = F.cross_entropy(logits.float(), labels)
+    return loss, loss.detach() * labels.numel(), (logits.argmax(dim=1) != labels).sum()
+
+
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -129,13 +140,11 @@ def train_step(
     amp: contextlib.AbstractContextManager[Any],
 ) -> tuple[Tensor, Tensor]:
     """One SGD step. Returns the batch's summed loss and number of errors, still on the device."""
-    with amp:
-        logits = model(images)
-    loss = F.cross_entropy(logits.float(), labels)
+    loss, summed_loss, wrong = forward_loss(model, images, labels, amp)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.detach() * labels.numel(), (logits.argmax(dim=1) != labels).sum()
+    return summed_loss, wrong
 
 
 @torch.no_grad()

@@ -20,6 +20,7 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn.functional as F
+from test_step import batch
 from torch import Tensor, nn
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -31,7 +32,7 @@ from resbench.data import Data, Split
 from resbench.hardware import autocast, resolve_precision
 from resbench.models import build_model
 from resbench.probe import TrainingProbe, fixed_test_images
-from resbench.train import build_optimizer, evaluate
+from resbench.train import build_optimizer, evaluate, forward_loss
 
 CUDA = torch.device("cuda")
 
@@ -76,11 +77,6 @@ def cuda_model(model: Callable[[], nn.Module], kind: str) -> nn.Module:
         return model().train()
 
 
-def cuda_batch(n: int) -> tuple[Tensor, Tensor]:
-    images = torch.randn(n, 3, 32, 32, device=CUDA).contiguous(memory_format=torch.channels_last)
-    return images, torch.arange(n, device=CUDA) % 10
-
-
 def synthetic_data(n: int, device: torch.device) -> Data:
     """A CIFAR-shaped Data on `device`, as build_data returns it (which reads files: not faked)."""
     images = torch.zeros(n, 3, 32, 32, dtype=torch.uint8, device=device)
@@ -102,11 +98,10 @@ def synthetic_data(n: int, device: torch.device) -> Data:
 def dry_run(model: nn.Module, amp: contextlib.AbstractContextManager[Any]) -> None:
     """What a run computes on CUDA, short of backward: train_step's forward, loss and metrics,
     evaluation, and the training probe (layer responses, block ratios, gradient norms)."""
-    images, labels = cuda_batch(2)
+    images, labels = batch(2, CUDA)
     with amp:
         logits = model(images)
-    loss = F.cross_entropy(logits.float(), labels)  # as train.train_step
-    wrong = (logits.argmax(dim=1) != labels).sum()
+    loss, _, wrong = forward_loss(model, images, labels, amp)
     assert logits.dtype == torch.bfloat16, "autocast did not reach the model: the dtype checks were void"
     assert (loss.dtype, wrong.dtype) == (torch.float32, torch.int64)
     assert {t.device.type for t in (logits, loss, wrong)} == {"cuda"}
@@ -249,7 +244,7 @@ def test_build_optimizer_steps_fused_on_a_gpu() -> None:
     model = tiny_resnet().to(CUDA)
     optimizer = build_optimizer(model, OptimConfig())
     before = [p.detach().clone() for p in model.parameters()]
-    images, labels = cuda_batch(8)
+    images, labels = batch(8, CUDA)
     F.cross_entropy(model(images), labels).backward()
     optimizer.step()
     assert optimizer.defaults["fused"] is True
@@ -280,16 +275,6 @@ def compiled_step_inputs() -> tuple[nn.Module, nn.Module, Tensor, Tensor]:
     return model, twin, images, torch.arange(4)
 
 
-def loss_and_sums(
-    model: nn.Module, images: Tensor, labels: Tensor, amp: contextlib.AbstractContextManager[Any]
-) -> tuple[Tensor, Tensor, Tensor]:
-    """train.train_step up to the backward: the loss, and the sums the loop accumulates."""
-    with amp:
-        logits = model(images)
-    loss = F.cross_entropy(logits.float(), labels)
-    return loss, loss.detach() * labels.numel(), (logits.argmax(dim=1) != labels).sum()
-
-
 def assert_same_state(a: nn.Module, b: nn.Module) -> None:
     """The same gradients, and the same BN statistics (which the graph updates in place)."""
     for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
@@ -304,11 +289,11 @@ def test_forward_loss_and_sums_compile_as_one_graph(precision: str) -> None:
     model, twin, images, labels = compiled_step_inputs()
     amp = autocast(torch.device("cpu"), precision)
     backend = CompileCounterWithBackend("aot_eager")
-    step = torch.compile(loss_and_sums, fullgraph=True, backend=backend)
+    step = torch.compile(forward_loss, fullgraph=True, backend=backend)
     for _ in range(2):  # the second step must reuse the graph
         compiled = step(model, images, labels, amp)
         compiled[0].backward()  # AOTAutograd's compiled backward
-        eager = loss_and_sums(twin, images, labels, amp)
+        eager = forward_loss(twin, images, labels, amp)
         eager[0].backward()
         for c, e in zip(compiled, eager, strict=True):
             torch.testing.assert_close(c, e)
@@ -317,7 +302,7 @@ def test_forward_loss_and_sums_compile_as_one_graph(precision: str) -> None:
 
 
 def loss_sums_and_backward(model: nn.Module, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    loss, summed_loss, wrong = loss_and_sums(model, images, labels, contextlib.nullcontext())
+    loss, summed_loss, wrong = forward_loss(model, images, labels, contextlib.nullcontext())
     loss.backward()
     return summed_loss, wrong
 
