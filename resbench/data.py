@@ -152,18 +152,33 @@ class Batches:
         device = data.train.images.device
         self.generator = torch.Generator(device=device)  # the only source of randomness here
         self.generator.manual_seed(seed)
-        self.perm = torch.randperm(n, generator=self.generator, device=device)
+        self.perm = torch.randperm(n, generator=self.generator, device=device)  # refilled in place
         self.pos = 0  # the next batch starts at perm[pos]; Python ints keep next() free of host syncs
         self.epoch = 0
+        # pos again, on the device, so that `take` needs no host int and a CUDA graph can replay it
+        self.cursor = torch.zeros((), dtype=torch.long, device=device)
+        self.offsets = torch.arange(self.local.start, self.local.stop, device=device)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 normalized images (B, 3, 32, 32) and int64 labels (B,)."""
-        n = len(self.perm)
-        if self.pos + self.batch_size > n:  # a new epoch; the partial batch left over is dropped
-            self.perm = torch.randperm(n, generator=self.generator, device=self.perm.device)
-            self.pos, self.epoch = 0, self.epoch + 1
-        index = self.perm[self.pos : self.pos + self.batch_size][self.local]
+        self.turn()
         self.pos += self.batch_size
+        return self.take()
+
+    def turn(self) -> None:
+        """Start a new epoch if the next batch does not fit (the partial batch left over is dropped):
+        a fresh order, drawn now and written into the same buffer."""
+        n = len(self.perm)
+        if self.pos + self.batch_size > n:
+            self.perm.copy_(torch.randperm(n, generator=self.generator, device=self.perm.device))
+            self.pos, self.epoch = 0, self.epoch + 1
+            self.cursor.zero_()
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch at the cursor, and the cursor moved on. Device work only, in tensors that stay
+        where they are, so a CUDA graph can replay it; `next` is `turn`, `pos` moved on, `take`."""
+        index = self.perm.index_select(0, self.cursor + self.offsets)
+        self.cursor += self.batch_size
         images = self.data.normalize(self.data.train.images[index])
         if self.augment:
             images = self._crop_and_flip(images)
@@ -203,5 +218,6 @@ class Batches:
                 f"set has {len(self.perm)}: did data.val_size or the dataset change?"
             )
         self.generator.set_state(state["generator"].cpu())  # CPU and CUDA generators both take a CPU tensor
-        self.perm = state["perm"].to(self.perm.device)
+        self.perm.copy_(state["perm"])  # into the same tensors: a CUDA graph may be captured on them
         self.pos, self.epoch = int(state["pos"]), int(state["epoch"])
+        self.cursor.fill_(self.pos)
