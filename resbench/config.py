@@ -184,11 +184,23 @@ class RunSettings(_Section):
     device: Device = "auto"  # auto: cuda, then mps, then cpu
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the hardware runs it natively
     compile: bool = False  # torch.compile the model (helps on CUDA; slower on small CPUs)
+    cuda_graph: bool = False  # replay each training step as one captured CUDA graph (one CUDA device)
     deterministic: bool = False  # deterministic kernels, no cudnn.benchmark: exact resume on GPU, slower
     sync_bn: bool = False  # under torchrun: BN statistics over all GPUs; off as in the paper (per device)
     eval_every: Interval = 0  # iterations between evaluations; 0: once per epoch
     checkpoint_every: Interval = 1000  # iterations between checkpoints (and at the end); 0: at the end only
     log_every: Interval = 100  # iterations per running train error/loss point; 0: at each evaluation
+
+    @field_validator("cuda_graph")
+    @classmethod
+    def _cuda_graph_needs_cuda(cls, cuda_graph: bool, info: ValidationInfo) -> bool:
+        device = info.data.get("device")  # validated before: it is declared first
+        if cuda_graph and device in ("cpu", "mps"):
+            raise ValueError(
+                f"captures CUDA graphs and needs a CUDA device, but run.device is {device}; set "
+                "run.device to cuda (or auto on a GPU machine), or run.cuda_graph to false"
+            )
+        return cuda_graph
 
     @field_validator("name")
     @classmethod

@@ -213,6 +213,7 @@ RESUMABLE_CHANGES = frozenset(
     {
         "run.device",
         "run.compile",
+        "run.cuda_graph",  # the same math and data order, eager or replayed
         "run.deterministic",
         "run.checkpoint_every",
         "analysis.every",

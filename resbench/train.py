@@ -7,9 +7,10 @@ with an optional warm-up (the ResNet-110 rule). The loop keeps losses and errors
 reads them only at log points, so the step itself never waits for the host.
 
 `train` reads like nanoGPT's train.py: `build_setup` builds the pieces (device, precision, data,
-model, optimiser, schedule, batch order, probe) into a `Setup`, the loop runs the steps and, at
-log, eval and checkpoint points, `side_effects`, and the summary is written. The loop's
-accumulators live in one `TrainState`. A checkpoint is `Setup.state_dict(state)`: every piece of
+model, optimiser, schedule, batch order, probe) into a `Setup`, the loop runs the steps (step.py:
+`train_step`, or under run.cuda_graph a `FixedStep` replayed as one CUDA graph) and, at log, eval
+and checkpoint points, `side_effects`, and the summary is written. The loop's
+accumulators live in one `TrainState`. A checkpoint is `Setup.state_dict(state, lr)`: every piece of
 state the next step depends on, so a resumed run is bit-identical on CPU, and
 `Setup.load_state_dict` restores exactly that, after `check_same_hardware` has refused a resume on
 another device type or in another precision. Which device and precision `auto` means is
@@ -54,6 +55,7 @@ from resbench.rundir import (
     run_state,
     write_run_files,
 )
+from resbench.step import FixedStep, train_step
 from resbench.tracking import RunFiles, Tracker, Trackers, environment
 
 # --------------------------------------------------------------------------------------------
@@ -118,33 +120,7 @@ class LrSchedule:
 
 
 # --------------------------------------------------------------------------------------------
-# Step and evaluation
-
-
-def forward_loss(
-    model: nn.Module, images: Tensor, labels: Tensor, amp: contextlib.AbstractContextManager[Any]
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The batch's mean loss, to differentiate, and its summed loss and number of errors for the
-    window, all on the device. The loss is taken in fp32 whatever autocast gave the logits."""
-    with amp:
-        logits = model(images)
-    loss = F.cross_entropy(logits.float(), labels)
-    return loss, loss.detach() * labels.numel(), (logits.argmax(dim=1) != labels).sum()
-
-
-def train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    images: Tensor,
-    labels: Tensor,
-    amp: contextlib.AbstractContextManager[Any],
-) -> tuple[Tensor, Tensor]:
-    """One SGD step. Returns the batch's summed loss and number of errors, still on the device."""
-    loss, summed_loss, wrong = forward_loss(model, images, labels, amp)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return summed_loss, wrong
+# Evaluation
 
 
 @torch.no_grad()
@@ -217,6 +193,10 @@ class TrainState:
         """Count the step that completed `iteration` into the window, on the device."""
         self.window_loss += loss
         self.window_wrong += wrong
+        self.count(iteration)
+
+    def count(self, iteration: int) -> None:
+        """Count a step whose loss and errors are already in the window (a `FixedStep` adds them)."""
         self.window_steps += 1
         self.iteration = iteration
 
@@ -301,6 +281,15 @@ def check_same_hardware(saved: dict[str, Any], cfg: RunConfig, device: torch.dev
         )
 
 
+def optimizer_state(optimizer: torch.optim.Optimizer, lr: float) -> dict[str, Any]:
+    """The optimizer's state_dict with the last step's `lr`, as eager steps leave it: a `FixedStep`'s
+    lr is a float32 device tensor, but which step ran must not show in last.pt."""
+    saved = optimizer.state_dict()
+    for group in saved["param_groups"]:  # new dicts: the optimizer's own groups are not touched
+        group["lr"] = lr
+    return saved
+
+
 @dataclass
 class Setup:
     """What one process trains with, built once by `build_setup`: the device and precision, the data,
@@ -325,10 +314,12 @@ class Setup:
     probe: TrainingProbe | None
     eval_every: int
     log_every: int
+    fixed: bool  # run.cuda_graph: the step in fixed buffers (step.FixedStep), captured on CUDA
 
-    def state_dict(self, state: TrainState) -> dict[str, Any]:
-        """The checkpoint: every piece of state the next step depends on, and what it was trained
-        with (config, device type, precision and data), which `build_setup` checks on resume."""
+    def state_dict(self, state: TrainState, lr: float) -> dict[str, Any]:
+        """The checkpoint after a step at `lr`: every piece of state the next step depends on, and
+        what it was trained with (config, device type, precision and data), which `build_setup`
+        checks on resume."""
         return {
             "iteration": state.iteration,  # first, as in every last.pt before; state_dict() repeats it
             "config": self.cfg.to_dict(),
@@ -336,7 +327,7 @@ class Setup:
             "precision": self.precision,
             "data_fingerprint": self.data.fingerprint,
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state(self.optimizer, lr),
             "batches": self.batches.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
@@ -345,7 +336,7 @@ class Setup:
         }
 
     def load_state_dict(self, saved: dict[str, Any], state: TrainState) -> None:
-        """Continue exactly where `state_dict(state)` was taken: the pieces here, and `state`."""
+        """Continue exactly where `state_dict(state, lr)` was taken: the pieces here, and `state`."""
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.batches.load_state_dict(saved["batches"])
@@ -368,6 +359,12 @@ def build_setup(
             f"optim.batch_size {cfg.optim.batch_size} is the global batch and must divide by the "
             f"{d.world_size} processes of torchrun; each takes batch_size / world_size"
         )
+    if cfg.run.cuda_graph and (device.type != "cuda" or d.enabled):
+        where = f"on {device.type}" if device.type != "cuda" else f"under torchrun ({d.world_size} processes)"
+        raise ConfigError(
+            f"run.cuda_graph captures the step on one CUDA device and cannot run {where}; set "
+            "run.cuda_graph to false"
+        )
     if cfg.run.sync_bn and d.enabled and device.type != "cuda":
         raise ConfigError("run.sync_bn needs CUDA devices; leave it off on CPU (BN statistics per process)")
     precision = resolve_precision(cfg.run.precision, device)
@@ -388,7 +385,8 @@ def build_setup(
         if d.enabled
         else model
     )
-    forward = torch.compile(forward) if cfg.run.compile else forward
+    if cfg.run.compile:  # on CUDA, autotuned kernels; graph capture is run.cuda_graph's, not inductor's
+        forward = torch.compile(forward, mode="max-autotune-no-cudagraphs" if device.type == "cuda" else None)
     optimizer = build_optimizer(model, cfg.optim, device)
     batches = Batches(
         data,
@@ -425,6 +423,7 @@ def build_setup(
         ),
         eval_every=eval_every,
         log_every=cfg.run.log_every or eval_every,
+        fixed=cfg.run.cuda_graph,
     )
 
 
@@ -478,7 +477,7 @@ def side_effects(s: Setup, state: TrainState, due: Due, lr: float, tracker: Trac
     if due.save:
         if s.d.main:
             tracker.flush()  # a kill after the checkpoint must not lose what was logged before it
-            checkpoint.save(s.state_dict(state), s.run_dir / CHECKPOINT)
+            checkpoint.save(s.state_dict(state, lr), s.run_dir / CHECKPOINT)
         state.checkpointed = state.iteration
     if due.stop:
         raise Interrupted(
@@ -629,12 +628,20 @@ def _train(
         tracker.start(cfg, state.iteration, env)
         s.model.train()
         state.started = state.marked = time.perf_counter()
+        fixed = None
+        if s.fixed:  # after a resume's restore: the step captures the tensors it was restored into
+            window, capture = (state.window_loss, state.window_wrong), s.device.type == "cuda"
+            fixed = FixedStep(s.forward, s.optimizer, s.batches, window, s.amp, capture, tracker.note)
         for it in range(state.iteration + 1, cfg.schedule.iterations + 1):
             lr = s.schedule.lr(it)
-            for group in s.optimizer.param_groups:
-                group["lr"] = lr
-            images, labels = s.batches.next()
-            state.add(it, *train_step(s.forward, s.optimizer, images, labels, s.amp))
+            if fixed is not None:  # the step in the same tensors, captured once and replayed
+                fixed(lr)
+                state.count(it)
+            else:
+                for group in s.optimizer.param_groups:
+                    group["lr"] = lr
+                images, labels = s.batches.next()
+                state.add(it, *train_step(s.forward, s.optimizer, images, labels, s.amp))
             tracker.step(it)
             if due := Due.after(s, it, stop):
                 side_effects(s, state, due, lr, tracker, stop)

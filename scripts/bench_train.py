@@ -13,8 +13,21 @@ the input pipeline and bookkeeping. Ratios matter more than absolute numbers on 
 `optim` the optimiser's share of them: on a GPU each op launches at least one kernel, so it bounds
 how fast an eager step can be.
 
+On CUDA a second table times resbench's loop four ways (issue 11): `eager`, `compile`
+(run.compile: torch.compile, max-autotune-no-cudagraphs), `cuda_graph` (run.cuda_graph: each step
+replays one captured CUDA graph) and `cuda_graph+compile`, in ms/step, images/s and speed-up over
+`eager`. Compile time and capture fall in the untimed first window.
+
+Fair timing: every variant runs after the same warm-up, with cuDNN's autotuner set once per device
+before the first model; each timed window ends with one read of the device (`torch.cuda.synchronize`
+for bare and conventional, the loop's one log-point read for resbench: one window of `--steps`
+steps, so no other read falls inside it); and the DataLoader's workers are shut down before the next
+measurement, so they do not compete with it for the CPU.
+
     python scripts/bench_train.py                          # ResNet-20 and -56, CPU (+ CUDA if present)
+    python scripts/bench_train.py --devices cuda           # on a GPU: the table and the four variants
     python scripts/bench_train.py --models resnet56 --steps 60 --data-root data
+    python scripts/bench_train.py --repeats 3              # medians of 3 interleaved rounds
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -35,8 +49,9 @@ from resbench import config
 from resbench.dispatch import OpCounter
 from resbench.hardware import autocast, resolve_precision, set_kernels
 from resbench.models import build_model
+from resbench.step import train_step
 from resbench.tracking import cpu_name
-from resbench.train import build_optimizer, train, train_step
+from resbench.train import build_optimizer, train
 
 
 def synthetic_pickles(root: Path, n_train: int = 50_000, n_test: int = 10_000) -> Path:
@@ -79,16 +94,19 @@ def bare(
     return rate, ops
 
 
-def resbench_loop(cfg: config.RunConfig, steps: int, warmup: int, scratch: Path) -> float:
-    """The real `train()`; throughput read back from metrics.jsonl, first (warm-up) window dropped."""
+def resbench_loop(cfg: config.RunConfig, steps: int, scratch: Path, **run: bool) -> float:
+    """The real `train()` over two log windows of `steps` steps: the first warms up (and compiles
+    and captures, where asked), the second is timed. Read back from metrics.jsonl. `run` sets
+    run.compile or run.cuda_graph."""
     cfg = config.validate(
         {
             **cfg.to_dict(),
-            "schedule": {"iterations": warmup + steps, "milestones": []},
+            "schedule": {"iterations": 2 * steps, "milestones": []},
             "run": {
                 **cfg.to_dict()["run"],
-                "log_every": warmup,
-                "eval_every": warmup + steps,
+                **run,
+                "log_every": steps,
+                "eval_every": 2 * steps,
                 "checkpoint_every": 0,
             },
         }
@@ -99,9 +117,9 @@ def resbench_loop(cfg: config.RunConfig, steps: int, warmup: int, scratch: Path)
         m
         for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
         if "perf/images_per_sec" in m
-    ][1:]
-    images = warmup * cfg.optim.batch_size
-    return images * len(windows) / sum(images / m["perf/images_per_sec"] for m in windows)
+    ]
+    assert [m["iteration"] for m in windows] == [steps, 2 * steps]
+    return windows[1]["perf/images_per_sec"]
 
 
 def conventional(cfg: config.RunConfig, device: torch.device, root: Path, steps: int, warmup: int) -> float:
@@ -129,29 +147,39 @@ def conventional(cfg: config.RunConfig, device: torch.device, root: Path, steps:
         num_workers=2,
         drop_last=True,
         pin_memory=device.type == "cuda",
-        persistent_workers=True,
     )
     torch.manual_seed(0)
     model = build_model(cfg.model).to(device).train()
     optimizer = build_optimizer(model, cfg.optim, device)
     it = iter(loader)
-    for i in range(warmup + steps):
-        if i == warmup:
-            _sync(device)
-            t0 = time.perf_counter()
-        images, labels = next(it)
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    _sync(device)
-    return steps * cfg.optim.batch_size / (time.perf_counter() - t0)
+    try:
+        for i in range(warmup + steps):
+            if i == warmup:
+                _sync(device)
+                t0 = time.perf_counter()
+            images, labels = next(it)
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        _sync(device)
+        return steps * cfg.optim.batch_size / (time.perf_counter() - t0)
+    finally:
+        it._shutdown_workers()  # now, not at garbage collection: they would compete with what follows
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+VARIANTS = {
+    "eager": {},
+    "compile": {"compile": True},
+    "cuda_graph": {"cuda_graph": True},
+    "cuda_graph+compile": {"cuda_graph": True, "compile": True},
+}
 
 
 def main() -> None:
@@ -161,11 +189,10 @@ def main() -> None:
     parser.add_argument("--models", default="resnet20,resnet56")
     parser.add_argument("--devices", default="cpu,cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=40, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (resbench: --steps)")
     parser.add_argument("--data-root", type=Path, help="a folder with cifar-10-batches-py/ (default: random)")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of every measurement; medians shown")
     args = parser.parse_args()
-    if args.steps % args.warmup:
-        parser.error("--steps must be a multiple of --warmup (the loop logs one window per --warmup steps)")
 
     print(
         f"# {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
@@ -175,6 +202,7 @@ def main() -> None:
         f"{'model':10} {'device':6} {'precision':9} {'bare':>8} {'resbench':>9} {'conventional':>13} "
         f"{'resbench/bare':>14} {'resbench/conv':>14} {'ops/step':>9} {'optim':>6}"
     )
+    variants: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         root = args.data_root or synthetic_pickles(scratch / "data")
@@ -184,14 +212,31 @@ def main() -> None:
             set_kernels(device, deterministic=False)  # train() sets the same: every variant gets them
             for name in args.models.split(","):
                 cfg = config.load(name, [f"data.root={root}", f"run.device={device_name}"])
-                r_bare, ops = bare(cfg, device, precision, args.steps, args.warmup)
-                r_res = resbench_loop(cfg, args.steps, args.warmup, scratch)
-                r_conv = conventional(cfg, device, root, args.steps, args.warmup)
+                rounds = []  # interleaved, so that a slow spell of a shared machine hits every pipeline
+                for _ in range(args.repeats):
+                    r_bare, ops = bare(cfg, device, precision, args.steps, args.warmup)
+                    r_res = resbench_loop(cfg, args.steps, scratch)
+                    r_conv = conventional(cfg, device, root, args.steps, args.warmup)
+                    rounds.append((r_bare, r_res, r_conv))
+                r_bare, r_res, r_conv = (statistics.median(r) for r in zip(*rounds, strict=True))
+                vs_bare = statistics.median(res / b for b, res, _ in rounds)  # each round's own ratio
+                vs_conv = statistics.median(res / c for _, res, c in rounds)
                 print(
                     f"{name:10} {device_name:6} {precision:9} {r_bare:8.0f} {r_res:9.0f} {r_conv:13.0f} "
-                    f"{r_res / r_bare:14.2f} {r_res / r_conv:14.2f} {len(ops.ops):9} {ops.optimizer_ops:6}",
+                    f"{vs_bare:14.2f} {vs_conv:14.2f} {len(ops.ops):9} {ops.optimizer_ops:6}",
                     flush=True,
                 )
+                if device.type == "cuda":
+                    rates = {v: resbench_loop(cfg, args.steps, scratch, **run) for v, run in VARIANTS.items()}
+                    ms = {v: 1000 * cfg.optim.batch_size / r for v, r in rates.items()}
+                    variants += [
+                        f"{name:10} {precision:9} {v:19} {ms[v]:8.2f} {r:9.0f} {r / rates['eager']:9.2f}"
+                        for v, r in rates.items()
+                    ]
+    if variants:
+        print(f"\n{'model':10} {'precision':9} {'cuda variant':19} ", end="")
+        print(f"{'ms/step':>8} {'images/s':>9} {'vs eager':>9}")
+        print("\n".join(variants))
 
 
 if __name__ == "__main__":

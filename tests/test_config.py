@@ -92,6 +92,8 @@ def test_config_is_frozen() -> None:
         ("run: {device: tpu}", "run.device", "'auto', 'cuda', 'mps' or 'cpu'"),
         ("run: {precision: fp16}", "run.precision", "'auto', 'fp32' or 'bf16'"),
         ("run: {name: a/b}", "run.name", "plain directory name"),
+        ("run: {device: cpu, cuda_graph: true}", "run.cuda_graph", "a CUDA device, but run.device is cpu"),
+        ("run: {cuda_graph: true, device: mps}", "run.cuda_graph", "a CUDA device, but run.device is mps"),
         (f"run: {{name: {'x' * 256}}}", "run.name", "up to 255 bytes"),
         ("run: {seed: -1}", "run.seed", "must be in [0, 4294967296), got -1"),
         ("run: {seed: 4294967296}", "run.seed", "must be in [0, 4294967296)"),

@@ -32,7 +32,8 @@ from resbench.data import Data, Split
 from resbench.hardware import autocast, resolve_precision
 from resbench.models import build_model
 from resbench.probe import TrainingProbe, fixed_test_images
-from resbench.train import build_optimizer, evaluate, forward_loss
+from resbench.step import forward_loss
+from resbench.train import build_optimizer, evaluate
 
 CUDA = torch.device("cuda")
 

@@ -12,13 +12,14 @@ import torch.nn.functional as F
 from data_fixtures import load
 from torch import Tensor, nn
 
-from resbench import config
-from resbench.config import ModelConfig, OptimConfig, ScheduleConfig
-from resbench.data import Batches
+from resbench import config, step
+from resbench.config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig
+from resbench.data import Batches, build_data
 from resbench.dispatch import OpCounter
-from resbench.hardware import autocast
+from resbench.hardware import autocast, set_kernels
 from resbench.models import build_model
-from resbench.train import LrSchedule, TrainState, build_optimizer, train_step
+from resbench.step import WARMUP_STEPS, FixedStep, train_step
+from resbench.train import LrSchedule, TrainState, build_optimizer
 
 CPU = torch.device("cpu")
 
@@ -223,6 +224,171 @@ def test_fused_and_foreach_sgd_dispatch_a_few_ops_per_step(kind: dict[str, bool]
 
 
 # --------------------------------------------------------------------------------------------
+# The fixed-buffer step (run.cuda_graph), run eagerly on CPU. 40 images in batches of 8: an epoch is
+# 5 steps, so 12 steps cross two epoch boundaries; the lr drops after step 6.
+
+STEPS, DROP = 12, 6
+
+
+def lr_at(it: int) -> float:
+    return 0.1 if it <= DROP else 0.1 * 0.1
+
+
+def fixed_run(
+    root: Path, precision: str = "fp32", **sgd: bool
+) -> tuple[nn.Module, torch.optim.Optimizer, Batches, FixedStep, tuple[Tensor, Tensor]]:
+    """A tiny model and a FixedStep over the tiny CIFAR set; `sgd` picks torch's SGD kind instead of
+    build_optimizer's CPU default."""
+    torch.manual_seed(0)
+    model = tiny_model()
+    optimizer = (
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, **sgd)
+        if sgd
+        else build_optimizer(model, OptimConfig())
+    )
+    batches = Batches(load(root), batch_size=8, seed=0, channels_last=True)
+    state = TrainState.zeros(CPU)
+    window = (state.window_loss, state.window_wrong)
+    return (
+        model,
+        optimizer,
+        batches,
+        FixedStep(model, optimizer, batches, window, autocast(CPU, precision)),
+        window,
+    )
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_fixed_step_is_bit_identical_to_the_eager_step(tiny_cifar10_root: Path, precision: str) -> None:
+    """Across two epoch boundaries and an lr drop: the same batches, weights, momentum, BN statistics,
+    window sums and generator state, to the bit."""
+    model, optimizer, batches, fixed, window = fixed_run(tiny_cifar10_root, precision)
+    for it in range(1, STEPS + 1):
+        fixed(lr_at(it))
+
+    torch.manual_seed(0)
+    twin = tiny_model()
+    twin_optimizer = build_optimizer(twin, OptimConfig())
+    twin_batches = Batches(load(tiny_cifar10_root), batch_size=8, seed=0, channels_last=True)
+    state, amp = TrainState.zeros(CPU), autocast(CPU, precision)
+    for it in range(1, STEPS + 1):
+        for group in twin_optimizer.param_groups:
+            group["lr"] = lr_at(it)
+        state.add(it, *train_step(twin, twin_optimizer, *twin_batches.next(), amp))
+
+    assert batches.epoch == twin_batches.epoch == 2 and batches.pos == twin_batches.pos
+    assert int(batches.cursor) == batches.pos
+    assert torch.equal(batches.perm, twin_batches.perm)
+    assert torch.equal(batches.generator.get_state(), twin_batches.generator.get_state())
+    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    momenta = lambda opt: [opt.state[p]["momentum_buffer"] for p in opt.param_groups[0]["params"]]  # noqa: E731
+    assert all(torch.equal(a, b) for a, b in zip(momenta(optimizer), momenta(twin_optimizer), strict=True))
+    assert torch.equal(window[0], state.window_loss) and torch.equal(window[1], state.window_wrong)
+
+
+def test_the_fixed_step_keeps_every_tensor_where_it_is(tiny_cifar10_root: Path) -> None:
+    """What capture needs: from the first step on, across epoch boundaries, an lr change and a
+    restore of the batch order and weights (a resume), every tensor the step reads or writes keeps
+    its memory."""
+    model, optimizer, batches, fixed, window = fixed_run(tiny_cifar10_root, fused=True)
+
+    def pointers() -> dict[str, int]:
+        tensors = {
+            "perm": batches.perm,
+            "cursor": batches.cursor,
+            "offsets": batches.offsets,
+            "lr": fixed.lr,
+            "window loss": window[0],
+            "window errors": window[1],
+            "train images": batches.data.train.images,
+            "train labels": batches.data.train.labels,
+            **{f"model {k}": t for k, t in model.state_dict().items()},
+        }
+        for i, p in enumerate(model.parameters()):
+            assert p.grad is not None
+            tensors[f"grad {i}"] = p.grad
+            tensors[f"momentum {i}"] = optimizer.state[p]["momentum_buffer"]
+        return {k: t.data_ptr() for k, t in tensors.items()}
+
+    fixed(lr_at(1))
+    first = pointers()
+    saved_batches, saved_model = batches.state_dict(), {k: v.clone() for k, v in model.state_dict().items()}
+    for it in range(2, STEPS + 1):
+        fixed(lr_at(it))
+        assert pointers() == first, f"step {it}"
+    batches.load_state_dict(saved_batches)
+    model.load_state_dict(saved_model)
+    fixed(lr_at(2))
+    assert pointers() == first
+    assert fixed.lr_value == lr_at(2) and float(fixed.lr) == pytest.approx(lr_at(2))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fixed_steps_never_sync(tiny_cifar10_root: Path, precision: str) -> None:
+    """The CUDA configuration (fused SGD, the lr a device tensor) on CPU: no sync in any step,
+    epoch boundaries and lr changes included, and the window read once at a log point."""
+    _, _, batches, fixed, _ = fixed_run(tiny_cifar10_root, precision, fused=True)
+    fixed(lr_at(1))
+    ops = dispatched(lambda: [fixed(lr_at(it)) for it in range(2, STEPS + 1)])
+    assert batches.epoch == 2
+    assert len(ops.ops) > (STEPS - 1) * 100 and ops.optimizer_ops == STEPS - 1
+    assert ops.syncs == []
+
+
+class CapturedAsEager:
+    """Stands in for CUDA capture on CPU: its replay runs the step eagerly, and it counts the calls."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.captures, self.replays, self.fail = 0, 0, fail
+
+    def __call__(self, step: Callable[[], None], generator: torch.Generator) -> Callable[[], None]:
+        self.captures += 1
+        if self.fail:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore detail")
+
+        def replay() -> None:
+            self.replays += 1
+            step()
+
+        return replay
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["captured", "capture-fails"])
+def test_capture_after_the_warm_up_steps_then_replays_or_goes_on_eagerly(
+    tiny_cifar10_root: Path, monkeypatch: pytest.MonkeyPatch, fail: bool
+) -> None:
+    """The plumbing around capture, with CUDA's two calls replaced: WARMUP_STEPS eager steps on the
+    side stream, one capture, a replay per step after it; or, where capture fails, one note naming
+    the failure and eager steps from then on. Either way the same numbers as eager steps."""
+    fake, side_streams, notes = CapturedAsEager(fail), [], []
+    monkeypatch.setattr(step, "capture", fake)
+    monkeypatch.setattr(step, "side_stream", lambda: side_streams.append(1) or contextlib.nullcontext())
+    model, _, _, fixed, window = fixed_run(tiny_cifar10_root)
+    fixed.use_graph, fixed.note = True, notes.append
+    for it in range(1, STEPS + 1):
+        fixed(lr_at(it))
+    assert fake.captures == 1 and len(side_streams) == WARMUP_STEPS
+    if fail:
+        assert fake.replays == 0 and fixed.eager_steps == STEPS
+        assert notes == [
+            "run.cuda_graph: capture failed (RuntimeError: CUDA error: operation not permitted when "
+            "stream is capturing); going on eagerly"
+        ]
+    else:
+        assert fake.replays == STEPS - WARMUP_STEPS and fixed.eager_steps == WARMUP_STEPS and notes == []
+
+    eager_model, _, _, eager, eager_window = fixed_run(tiny_cifar10_root)
+    for it in range(1, STEPS + 1):
+        eager(lr_at(it))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(*(m.state_dict().values() for m in (model, eager_model)), strict=True)
+    )
+    assert all(torch.equal(a, b) for a, b in zip(window, eager_window, strict=True))
+
+
+# --------------------------------------------------------------------------------------------
 # On a CUDA GPU (pytest -m cuda); skipped elsewhere. Not yet run on a GPU.
 
 
@@ -259,3 +425,35 @@ def test_cuda_fused_sgd_with_a_tensor_lr_never_syncs() -> None:
     steps()
     ops = dispatched(steps)
     assert ops.syncs == [] and ops.optimizer_ops == 3
+
+
+def fixed_steps_on_cuda(root: Path, precision: str, capture: bool) -> tuple[list[Tensor], FixedStep]:
+    """STEPS steps of a FixedStep on CUDA, captured after WARMUP_STEPS or eager throughout."""
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = tiny_model(device)
+    optimizer = build_optimizer(model, OptimConfig(), device)
+    data = build_data(DataConfig(root=str(root)), device)
+    batches = Batches(data, batch_size=8, seed=0, channels_last=True)
+    state = TrainState.zeros(device)
+    window = (state.window_loss, state.window_wrong)
+    fixed = FixedStep(model, optimizer, batches, window, autocast(device, precision), capture)
+    for it in range(1, STEPS + 1):
+        fixed(lr_at(it))
+    torch.cuda.synchronize()
+    return [*model.state_dict().values(), *window, batches.perm, batches.cursor], fixed
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graph_replays_train_what_eager_steps_train(tiny_cifar10_root: Path, precision: str) -> None:
+    """With deterministic kernels, the captured and replayed step ends where eager steps end: the same
+    weights, BN statistics, window, batch order and cursor, across epoch boundaries and an lr drop."""
+    set_kernels(torch.device("cuda"), deterministic=True)
+    try:
+        eager, _ = fixed_steps_on_cuda(tiny_cifar10_root, precision, capture=False)
+        replayed, fixed = fixed_steps_on_cuda(tiny_cifar10_root, precision, capture=True)
+    finally:
+        set_kernels(CPU, deterministic=False)
+    assert fixed.failure is None and fixed.replay is not None and fixed.eager_steps == WARMUP_STEPS
+    assert all(torch.equal(a, b) for a, b in zip(eager, replayed, strict=True))

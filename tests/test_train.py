@@ -1,6 +1,7 @@
 """train.py through its real code path: tiny nets on tiny CIFAR pickles, a few dozen iterations on CPU."""
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -16,7 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import resbench.train as train_module
 from resbench import checkpoint, config
+from resbench.distributed import Dist
 from resbench.errors import ConfigError, Diverged, Interrupted, RunDirError
 from resbench.hardware import set_kernels
 from resbench.rundir import RESUMABLE_CHANGES, RunLock, read_metrics, read_summary
@@ -264,6 +267,101 @@ def test_a_warm_up_ended_by_train_error_resumes_exactly(
     assert checkpoint.load(run / "last.pt")["warming_up"] is (stop < 12)
     train(cfg, run, resume=True)
     assert_same_run(done, run)
+
+
+@pytest.fixture
+def fixed_step(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """The loop with run.cuda_graph's fixed-buffer step, run eagerly on CPU, where the config itself
+    refuses run.cuda_graph (capture is CUDA's); `.undo()` goes back to the eager step."""
+    build = train_module.build_setup
+    monkeypatch.setattr(
+        train_module, "build_setup", lambda *args: dataclasses.replace(build(*args), fixed=True)
+    )
+    return monkeypatch
+
+
+@pytest.mark.parametrize(
+    "stop, how, resume_with",
+    [
+        pytest.param(None, None, None, id="in-one-go"),
+        pytest.param(7, "signal", "fixed", id="epoch-end"),
+        pytest.param(11, "signal", "fixed", id="last-warm-up-iteration"),
+        pytest.param(12, "signal", "fixed", id="log-point-where-the-warm-up-ends"),
+        pytest.param(13, "signal", "fixed", id="lr-milestone"),
+        pytest.param(8, "kill", "fixed", id="eager-run-killed-resumed-fixed"),
+        pytest.param(6, "signal", "eager", id="fixed-run-stopped-resumed-eager"),
+    ],
+)
+def test_the_fixed_buffer_step_is_the_same_run(
+    one_go,
+    fixed_step: pytest.MonkeyPatch,
+    stop: int | None,
+    how: str | None,
+    resume_with: str,
+    tmp_path: Path,
+) -> None:
+    """run.cuda_graph's step, run eagerly on CPU, trains the eager loop's run to the bit (fp32 and
+    bf16): the same last.pt, metrics.jsonl and summary.json, in one go or stopped at an epoch end,
+    the warm-up's end or a milestone and resumed, and with the step switched at the resume."""
+    cfg, done, killed = one_go
+    run = tmp_path / "run"
+    if stop is None:
+        train(cfg, run)
+    else:
+        stopped_at(cfg, stop, how, killed, run)
+        if resume_with == "eager":
+            fixed_step.undo()
+        train(cfg, run, resume=True)
+    assert_same_run(done, run)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine run.device auto is CUDA")
+def test_cuda_graph_where_auto_is_not_cuda_exits_2_naming_the_key(
+    cli, learnable_root: Path, tmp_path: Path
+) -> None:
+    sets = ["--set", "run.cuda_graph=true", "--set", f"data.root={learnable_root}"]
+    result = cli("train", "-c", "resnet20", *sets, "--runs-dir", tmp_path)
+    assert result.exit_code == 2, result.output
+    assert "run.cuda_graph captures the step on one CUDA device and cannot run on cpu" in result.stderr
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "resnet20" / "seed0" / "last.pt").exists()
+
+
+def test_cuda_graph_under_torchrun_is_refused(learnable_root: Path, tmp_path: Path) -> None:
+    """Checked before any CUDA call, so it runs here: a CUDA graph holds one process's step."""
+    cfg = load(learnable_root, "run.cuda_graph=true", "run.device=cuda")
+    with pytest.raises(ConfigError, match=r"cannot run under torchrun \(2 processes\)"):
+        train_module.build_setup(cfg, tmp_path, Dist(rank=0, world_size=2), torch.device("cuda"), None)
+
+
+class Notes(Tracker):
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def note(self, message: str) -> None:
+        self.messages.append(message)
+
+
+@pytest.mark.cuda
+def test_cuda_graph_trains_the_eager_run_and_resumes_exactly(learnable_root: Path, tmp_path: Path) -> None:
+    """On a GPU, with deterministic kernels: run.cuda_graph's run equals the eager run, and one
+    stopped at a milestone and resumed (captured again) equals both."""
+    cuda = ["run.device=cuda", "run.precision=fp32", "run.deterministic=true"]
+    try:
+        eager = in_one_go(load(learnable_root, *RESUME, *cuda), tmp_path / "eager")[1]
+        cfg = load(learnable_root, *RESUME, *cuda, "run.cuda_graph=true")
+        notes = Notes()
+        train(cfg, tmp_path / "graphed", notes)
+        stopped = stopped_at(cfg, 13, "signal", {}, tmp_path / "stopped")
+        train(cfg, stopped, notes, resume=True)
+    finally:
+        set_kernels(torch.device("cpu"), deterministic=False)
+    assert not [n for n in notes.messages if "capture failed" in n]
+    graphed = tmp_path / "graphed"
+    for run in (graphed, stopped):
+        a, b = (untimed(checkpoint.load(r / "last.pt") | {"config": None}) for r in (eager, run))
+        assert a == b
+        assert untimed(read_metrics(run)) == untimed(read_metrics(eager))
 
 
 def test_killed_after_a_checkpoint_at_a_log_point_resumes_to_the_same_train_error(
