@@ -13,22 +13,50 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import typer
+from typer.core import TyperGroup
 
 from resbench import config as config_mod
 from resbench import console, experiment
+from resbench import runs as runs_mod
 from resbench.analysis.evaluate import evaluate_run
 from resbench.cifar import prepare
+from resbench.compare import Grid
 from resbench.config import Dataset, Device, clip
 from resbench.distributed import from_env
 from resbench.errors import ConfigError, Interrupted, ResbenchError
 from resbench.experiment import Backend
 from resbench.models import describe
+from resbench.rundir import is_run_dir
 from resbench.tracking import Tracker
 
+
+class Commands(TyperGroup):
+    """Typer's help gives every option the type of its value, `--resume <bool>` too, though a flag
+    takes none; an empty metavar shows none. Set here on the flags of every command (and on --help),
+    so that a new flag reads as one too."""
+
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _flags_read_as_flags(command.get_params(ctx))
+        return command
+
+    def get_params(self, ctx: typer.Context) -> Any:
+        return _flags_read_as_flags(super().get_params(ctx))  # the group's own: --version, --help
+
+
+def _flags_read_as_flags(params: list[Any]) -> list[Any]:
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
 app = typer.Typer(
+    cls=Commands,
     help="Reproduce the degradation experiment of He et al. 2015 (§4.2): plain vs residual CIFAR nets.",
     no_args_is_help=True,
     add_completion=False,
@@ -141,12 +169,18 @@ def show(
         console.print_config(cfg, describe(cfg.model))
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True})  # a config given without -c: say so
 def train(
+    ctx: typer.Context,
     config: Annotated[
-        str, typer.Option("--config", "-c", help="Config name (resnet56), YAML path or run dir.")
-    ],
+        str | None,
+        typer.Option("--config", "-c", help="Required: config name (resnet56), YAML path or run dir."),
+    ] = None,
     set_: SetOption = None,
+    sweep: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=V1,V2,...: one run per value, each combination if repeated (YAML, as --set)."),
+    ] = None,
     preset: PresetOption = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the run (sets run.seed).")] = None,
     seeds: Annotated[str | None, typer.Option(help=f"One run per seed: {SEEDS_HELP}")] = None,
@@ -164,6 +198,15 @@ def train(
 ) -> None:
     """Train a config on CIFAR: one run directory per seed, TensorBoard logs, exact resume."""
     with user_errors():
+        if ctx.args:  # `resbench train resnet56`, as `show` and `compare` take the name
+            extra = " ".join(ctx.args)
+            if config:
+                raise ConfigError(f"train takes one config, with -c/--config ({config}); drop {extra}")
+            raise ConfigError(
+                f"train takes its config with -c/--config: did you mean resbench train -c {extra}?"
+            )
+        if config is None:
+            raise ConfigError("give the config to train: resbench train -c NAME|PATH, e.g. -c resnet20")
         if seed is not None and seeds:
             raise ConfigError("give --seed or --seeds, not both")
         speak = not quiet and from_env().main  # under torchrun, rank 0 alone prints
@@ -176,6 +219,7 @@ def train(
             resume=resume,
             force=force,
             tracker=console.ConsoleTracker if speak else Tracker,
+            grid=Grid.parse(sweep or [], set_ or []),
         )
         for run_dir, summary in runs:
             if speak:
@@ -189,6 +233,14 @@ def compare(
     ],
     seeds: Annotated[str, typer.Option(help=f"Seeds per model: {SEEDS_HELP}")] = "1",
     set_: SetOption = None,
+    sweep: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=V1,V2,...: every model at each value, and each combination if repeated."),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Print what each run would do (reuse, resume, train); train nothing."),
+    ] = False,
     preset: PresetOption = None,
     jobs: Annotated[int, typer.Option(help="Trainings at once, each in its own process.")] = 1,
     no_train: Annotated[bool, typer.Option("--no-train", help="Report on existing runs only.")] = False,
@@ -219,7 +271,22 @@ def compare(
 ) -> None:
     """Plain vs residual side by side: train what is missing, reuse what exists, report and judge."""
     with user_errors():
-        sweep = experiment.Sweep(backend, jobs, address, gpus_per_run, cpus_per_run, retries)  # checked first
+        pool = experiment.Sweep(backend, jobs, address, gpus_per_run, cpus_per_run, retries)  # checked first
+        grid = Grid.parse(sweep or [], set_ or [])
+        if dry_run:
+            dry = experiment.plan_compare(
+                names,
+                parse_seeds(seeds),
+                _overrides(set_, device),
+                _preset(preset),
+                runs_dir,
+                grid,
+                not no_train,
+            )
+            console.print_plan(dry)
+            if not dry.valid:
+                raise typer.Exit(2)
+            return
         result = experiment.compare(
             names,
             parse_seeds(seeds),
@@ -229,8 +296,9 @@ def compare(
             out,
             train_missing=not no_train,
             with_analysis=analyze,
-            sweep=sweep,
+            sweep=pool,
             watch=console.SweepProgress(),
+            grid=grid,
         )
         console.print_comparison(result)
     if result.failed:
@@ -251,7 +319,17 @@ def analyze(
 ) -> None:
     """Layer responses (Figure 7) and how close each residual block is to the identity."""
     with user_errors():
+        refuse_non_run_dirs(run_dirs)
         console.print_analysis(experiment.analyze(run_dirs, out, images, per_channel, device))
+
+
+def refuse_non_run_dirs(paths: list[Path]) -> None:
+    """A path that is no run directory at all is a bad argument, exit 2, as compare's unknown name is.
+    (rundir.read_run_config says RunDirError, exit 1, which stays right for a damaged run directory:
+    one that holds a run's files but lacks its config.yaml.)"""
+    for path in paths:
+        if not is_run_dir(path):
+            raise ConfigError(f"{path} is not a run directory (no config.yaml); give RUNS_DIR/NAME/seedK")
 
 
 @app.command("evaluate")
@@ -265,6 +343,7 @@ def evaluate_runs(
 ) -> None:
     """Evaluate each run's final model (last.pt) in one process, beside what summary.json recorded."""
     with user_errors():
+        refuse_non_run_dirs(run_dirs)
         results = [evaluate_run(d, set_ or [], device) for d in run_dirs]
         console.print_evaluations(results)
         if differ := [str(r.run_dir) for r in results if not r.agrees]:
@@ -275,7 +354,7 @@ def evaluate_runs(
             )
 
 
-data_app = typer.Typer(help="Get CIFAR onto this machine.", no_args_is_help=True)
+data_app = typer.Typer(cls=Commands, help="Get CIFAR onto this machine.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 
@@ -295,6 +374,34 @@ def data_prepare(
     """Put a CIFAR copy into ROOT and build resbench's cache, so every training starts at once."""
     with user_errors():
         console.out.print(prepare(source, root, dataset), highlight=False)
+
+
+RunsFormat = Literal["table", "csv", "json"]
+
+
+@app.command("runs")
+def list_runs(
+    runs_dir: Annotated[
+        Path, typer.Argument(help="The folder of runs (train's --runs-dir), searched at any depth.")
+    ] = Path("runs"),
+    format_: Annotated[
+        RunsFormat, typer.Option("--format", help="table, or csv / json on stdout for scripts.")
+    ] = "table",
+) -> None:
+    """One row per run: state (finished, unfinished, failed, running), last errors, time, device, commit."""
+    with user_errors():
+        console.print_runs(runs_mod.list_runs(runs_dir), format_, runs_dir)
+
+
+@app.command("export")
+def export_runs(
+    paths: Annotated[list[Path], typer.Argument(help="Run directories and folders of runs, mixed.")],
+    out: Annotated[Path, typer.Option(help="FILE.csv, or FILE.parquet (needs pyarrow).")],
+) -> None:
+    """Every logged value as a long table (run, iteration, tag, value) with the run's config keys as
+    columns, for pandas or polars."""
+    with user_errors():
+        console.print_exported(runs_mod.export(paths, out))
 
 
 def main() -> None:

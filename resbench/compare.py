@@ -1,34 +1,45 @@
-"""Comparing runs: final numbers over seeds, aligned curves, and a verdict computed from the data.
+"""Comparing runs: which runs a compare needs, their final numbers over seeds, aligned curves, and a
+verdict computed from the data.
 
-    plan(names, seeds, overrides, preset, runs_dir) -> list[Planned]    which runs a compare needs
-    load_run(run_dir)                               -> RunRecord        a finished run from disk
-    summarise(records)                              -> Report           rows, curves, findings
+    Grid.parse(["optim.lr=0.1,0.05"])                     -> Grid           `--sweep`: values per key
+    plan(names, seeds, overrides, preset, runs_dir, grid) -> list[Planned]  the runs, or why not
+    plan(..., keep_refusals=True)                         -> list[Planned]  every run, refusals kept
+    estimate(planned, speeds, device)                     -> seconds        `--dry-run`'s estimates
+    load_run(run_dir)                                     -> RunRecord      a finished run from disk
+    summarise(records)                                    -> Report         rows, curves, findings
 
-Pure: nothing here prints, trains or draws. experiment.py has sweep.py train what `plan` finds
-missing; console.py renders a `Report`, and report.py writes its figure and files.
+Runs group by model and the values of their overrides (`run.overrides`, which name their
+directories): a sweep's values each get a row, a curve and their own verdict, which pairs twins
+within the same values only. Pure: nothing here prints, trains or draws. experiment.py has sweep.py
+train what `plan` finds missing; console.py renders a `Report`, and report.py writes its files.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import statistics
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from resbench import config
-from resbench.config import RunConfig
-from resbench.errors import CompareError, RunDirError
+from resbench.config import RunConfig, clip, names_a_directory, render_value
+from resbench.errors import CheckpointError, CompareError, ConfigError, ResbenchError, RunDirError
 from resbench.rundir import (
     CONFIG,
+    SUMMARY,
     RunState,
     Summary,
     changed_keys,
     check_same_config,
     is_run_dir,
     load_config,
+    read_env,
     read_metrics,
     read_run_config,
     read_summary,
@@ -69,44 +80,139 @@ SHARED_KEYS = (
 # --------------------------------------------------------------------------------------------
 # Which runs
 
+MAX_COMBINATIONS = 1000  # a typo in a --sweep should not queue a million runs
+
+
+@dataclass(frozen=True)
+class Grid:
+    """`--sweep KEY=V1,V2,...`, repeatable: the values of each swept key, as text that is parsed as
+    YAML like a `--set` value. A compare or train takes every combination (the cartesian product,
+    in the order given), with `--set` for fixed values and `--seeds` on top."""
+
+    axes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @classmethod
+    def parse(cls, sweeps: Iterable[str], fixed: Iterable[str] = ()) -> Grid:
+        """Every problem with the options at once, as one ConfigError. `fixed` are the --set values."""
+        set_keys = {o.partition("=")[0].strip() for o in fixed}
+        axes: dict[str, tuple[str, ...]] = {}
+        problems: list[str] = []
+        for text in sweeps:
+            key, sep, listed = text.partition("=")
+            key, what = key.strip(), f"--sweep {clip(text)}"
+            values = _split_values(listed)
+            if not sep or not key:
+                problems.append(f"{what}: expected KEY=V1,V2,..., e.g. --sweep optim.weight_decay=0,1e-4")
+            elif not names_a_directory(key):
+                problems.append(
+                    f"{what}: {key} does not name a run directory (no run.* or analysis.* key, nor "
+                    f"data.root, does), so every value would train one run; set it with --set {key}=VALUE "
+                    "(and seeds with --seeds)"
+                )
+            elif key in axes:
+                problems.append(f"{what}: {key} is swept twice; give all its values in one --sweep")
+            elif key in set_keys:
+                problems.append(f"{what}: {key} is also given by --set; sweep it or set it, not both")
+            elif values is None:
+                problems.append(
+                    f"{what}: a bracket or quote is not closed; values are YAML, e.g. [1000,1500]"
+                )
+            elif any(not v.strip() for v in values):
+                problems.append(f"{what}: an empty value; give each value, e.g. {key}=0,1e-4 (null for none)")
+            elif repeated := sorted({v for v in (v.strip() for v in values) if listed_twice(v, values)}):
+                problems.append(f"{what}: repeats {', '.join(repeated)}; give each value once")
+            else:
+                axes[key] = tuple(v.strip() for v in values)
+        if not problems and math.prod(len(v) for v in axes.values()) > MAX_COMBINATIONS:
+            sizes = " x ".join(str(len(v)) for v in axes.values())
+            problems.append(
+                f"--sweep: {sizes} combinations is more than {MAX_COMBINATIONS}; sweep fewer values"
+            )
+        if problems:
+            raise ConfigError("\n".join(problems))
+        return cls(tuple(axes.items()))
+
+    def combinations(self) -> list[tuple[str, ...]]:
+        """Each combination as `--set` overrides (`KEY=VALUE`); one empty one without a sweep."""
+        keys = [k for k, _ in self.axes]
+        return [
+            tuple(f"{k}={v}" for k, v in zip(keys, vs, strict=True))
+            for vs in itertools.product(*(v for _, v in self.axes))
+        ]
+
+
+NO_SWEEP = Grid()  # one combination: the configs as they are (with --set)
+
+
+def listed_twice(value: str, values: list[str]) -> bool:
+    return [v.strip() for v in values].count(value) > 1
+
+
+def _split_values(text: str) -> list[str] | None:
+    """`0,1e-4` -> ['0', '1e-4']; `[1000,1500],[500,800]` -> ['[1000,1500]', '[500,800]']: commas
+    inside brackets, braces or quotes do not split. None where a bracket or quote is left open."""
+    values, depth, quote, current = [], 0, "", ""
+    for c in text:
+        if quote:
+            quote = "" if c == quote else quote
+        elif c in "'\"":
+            quote = c
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+        elif c == "," and depth == 0:
+            values.append(current)
+            current = ""
+            continue
+        current += c
+        if depth < 0:
+            return None
+    return None if depth or quote else [*values, current]
+
+
+Action = Literal["reuse", "resume", "train", "refuse"]
+
 
 @dataclass(frozen=True)
 class Planned:
     cfg: RunConfig
     run_dir: Path
-    state: RunState  # finished (reused), unfinished (resumed), empty (trained)
+    state: RunState  # finished (reused), unfinished (resumed), empty (trained), started (refused)
+    start_iteration: int = 0  # where an unfinished run resumes (its last.pt)
+    refusal: ResbenchError | None = None  # why the command cannot go on with this run
+
+    @property
+    def action(self) -> Action:
+        if self.refusal is not None:
+            return "refuse"
+        if self.state == "finished":
+            return "reuse"
+        return "resume" if self.state == "unfinished" else "train"
+
+    @property
+    def iterations_left(self) -> int:
+        if self.action in ("reuse", "refuse"):
+            return 0
+        return self.cfg.schedule.iterations - self.start_iteration
 
 
 def plan(
-    names: list[str], seeds: list[int], overrides: list[str], preset: str | None, runs_dir: Path
+    names: list[str],
+    seeds: list[int],
+    overrides: list[str],
+    preset: str | None,
+    runs_dir: Path,
+    grid: Grid = NO_SWEEP,
+    keep_refusals: bool = False,
 ) -> list[Planned]:
-    """One run per (name, seed); a run directory given as a name stands for itself. A run named
-    twice (`runs/resnet20/seed0` and `resnet20`, or two spellings of one path) is refused: it would
-    count as two seeds."""
-    spelled: list[tuple[str, Planned]] = []  # how each run was named, and the run
-    for name in names:
-        path = Path(name)
-        if is_run_dir(path):
-            trained, _ = read_run_config(path)
-            asked = config.load(path / CONFIG, overrides, preset)
-            if changed := changed_keys(trained.to_dict(), asked.to_dict()):
-                # a run directory is compared as it was trained: ignoring --set would report other numbers
-                raise CompareError(
-                    f"{name} is a run directory, compared as it was trained, but --set/--preset would change "
-                    f"{', '.join(changed)} for it. Drop those, or name its config ({trained.run.name}) "
-                    "instead to train a run with them."
-                )
-            spelled.append((name, Planned(asked, path, run_state(path))))  # asked: only --device differs
-        else:
-            for seed in seeds:
-                cfg = load_config(name, [*overrides, f"run.seed={seed}"], preset)
-                run_dir = run_dir_for(cfg, runs_dir)
-                state = run_state(run_dir)
-                if state == "finished":  # reused only if it is the run asked for
-                    check_same_config(run_dir, cfg)
-                spelled.append((f"{name} seed {seed}", Planned(cfg, run_dir, state)))
-    refuse_named_twice((spelling, p.run_dir) for spelling, p in spelled)
-    planned = [p for _, p in spelled]
+    """One run per (name, sweep combination, seed), or the first reason the command cannot go on.
+    `keep_refusals` (`--dry-run`) returns every run with its refusal instead (`plan_runs`)."""
+    planned = plan_runs(names, seeds, overrides, preset, runs_dir, grid)
+    if keep_refusals:
+        return planned
+    if refused := [p.refusal for p in planned if p.refusal is not None and p.state != "started"]:
+        raise refused[0]
     if started := [p.run_dir for p in planned if p.state == "started"]:
         # Metrics without a checkpoint describe weights that were never saved; only --force deletes them.
         raise RunDirError(
@@ -116,6 +222,126 @@ def plan(
             + "; ".join(rerun_command(d, "--force") for d in started)
         )
     return planned
+
+
+def plan_runs(
+    names: list[str],
+    seeds: list[int],
+    overrides: list[str],
+    preset: str | None,
+    runs_dir: Path,
+    grid: Grid = NO_SWEEP,
+) -> list[Planned]:
+    """Every run a compare needs and what it would do with it, without writing anything: one run
+    per (name, sweep combination, seed); a run directory given as a name stands for itself. Every
+    config is resolved first, and all config errors come as one ConfigError. A run the command
+    cannot go on with carries its `refusal`: a finished or unfinished run trained with another
+    config, a run stopped before its first checkpoint, a run named twice (`runs/resnet20/seed0` and
+    `resnet20`, or two spellings of one path: it would count as two seeds)."""
+    spelled: list[tuple[str, Planned]] = []  # how each run was named, and the run
+    problems: dict[str, ConfigError] = {}  # by message: every seed of a bad combination says the same
+    for name in names:
+        path = Path(name)
+        if is_run_dir(path):
+            if grid.axes:
+                raise ConfigError(
+                    f"{name} is a run directory, compared as it was trained, so --sweep cannot apply to "
+                    f"it. Name its config ({read_run_config(path)[0].run.name}) instead to sweep it."
+                )
+            trained, _ = read_run_config(path)
+            asked = config.load(path / CONFIG, overrides, preset)
+            refusal = None
+            if changed := changed_keys(trained.to_dict(), asked.to_dict()):
+                # a run directory is compared as it was trained: ignoring --set would report other numbers
+                refusal = CompareError(
+                    f"{name} is a run directory, compared as it was trained, but --set/--preset would change "
+                    f"{', '.join(changed)} for it. Drop those, or name its config ({trained.run.name}) "
+                    "instead to train a run with them."
+                )
+            spelled.append((name, _planned(asked, path, refusal)))  # asked: only --device differs
+            continue
+        for combination in grid.combinations():
+            label = f"{name} with {', '.join(combination)}" if combination else name
+            for seed in seeds:
+                try:
+                    cfg = load_config(name, [*overrides, *combination, f"run.seed={seed}"], preset)
+                except ConfigError as err:
+                    problems.setdefault(f"{label}: {err}", err)
+                    continue
+                spelled.append((f"{label} seed {seed}", _planned(cfg, run_dir_for(cfg, runs_dir))))
+    if len(problems) == 1:
+        raise next(iter(problems.values()))
+    if problems:
+        raise ConfigError(
+            f"{len(problems)} configs of this command are not valid; nothing was trained:\n- "
+            + "\n- ".join(problems)
+        )
+    seen: dict[Path, str] = {}
+    planned = []
+    for spelling, p in spelled:
+        if (key := p.run_dir.resolve()) in seen and p.refusal is None:
+            try:
+                refuse_named_twice([(seen[key], p.run_dir), (spelling, p.run_dir)])
+            except ConfigError as err:
+                p = Planned(p.cfg, p.run_dir, p.state, p.start_iteration, err)
+        seen.setdefault(key, spelling)
+        planned.append(p)
+    return planned
+
+
+def _planned(cfg: RunConfig, run_dir: Path, refusal: ResbenchError | None = None) -> Planned:
+    """What training `cfg` in `run_dir` would do. A finished run is reused, and an unfinished one
+    resumed, only if it is the run asked for; both are checked here, before anything trains."""
+    state = run_state(run_dir)
+    start = 0
+    if state == "started":
+        refusal = refusal or RunDirError(
+            f"{run_dir} stopped before its first checkpoint, so there is nothing to resume. Start it "
+            f"again from scratch (this deletes its metrics and events): {rerun_command(run_dir, '--force')}"
+        )
+    elif state in ("finished", "unfinished") and refusal is None:
+        try:
+            trained, saved = read_run_config(run_dir)
+            check_same_config(run_dir, cfg, trained.to_dict())
+            start = int(saved["iteration"]) if saved is not None and state == "unfinished" else 0
+        except (ConfigError, RunDirError, CheckpointError) as err:
+            refusal = err
+    return Planned(cfg, run_dir, state, start, refusal)
+
+
+# --------------------------------------------------------------------------------------------
+# How long the runs left would take: images/s that finished runs on this machine recorded
+
+
+SpeedKey = tuple[str, int, int, str]  # block, depth, width, device type
+
+
+def measured_speeds(runs_dir: Path, host: str) -> dict[SpeedKey, float]:
+    """The median images/s of the finished runs under `runs_dir` that trained on `host`, by net
+    (block, depth, width) and device type. A run whose files cannot be read is left out: it only
+    informs an estimate."""
+    speeds: dict[SpeedKey, list[float]] = defaultdict(list)
+    for path in sorted(runs_dir.rglob(SUMMARY)) if runs_dir.is_dir() else []:
+        run_dir = path.parent
+        try:
+            summary, cfg = read_summary(run_dir), config.load(run_dir / CONFIG)
+            recorded_host = read_env(run_dir).get("host")
+        except (ResbenchError, OSError):
+            continue
+        if recorded_host == host and summary.images_per_sec > 0:
+            m = cfg.model
+            speeds[(m.block, m.depth, m.width, summary.device.split(":")[0])].append(summary.images_per_sec)
+    return {key: statistics.median(values) for key, values in speeds.items()}
+
+
+def estimate(p: Planned, speeds: dict[SpeedKey, float], device: str) -> float | None:
+    """Seconds the run's iterations left take at the measured speed of its net on `device` (a
+    device type); None where no finished run measured it."""
+    if not p.iterations_left:
+        return 0.0
+    m = p.cfg.model
+    speed = speeds.get((m.block, m.depth, m.width, device))
+    return None if speed is None else p.iterations_left * p.cfg.optim.batch_size / speed
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,6 +407,9 @@ class Row:
     wall_time: Stat  # seconds
     iterations: int
     num_classes: int
+    overrides: str = (
+        ""  # the values this row's runs differ in from other rows' (a sweep's), e.g. optim.lr=0.05
+    )
 
     @property
     def chance_error(self) -> float:
@@ -214,9 +443,12 @@ class Curve:
     train_iterations: np.ndarray
     train_mean: np.ndarray
     train_std: np.ndarray
-    test_iterations: np.ndarray
+    test_iterations: np.ndarray  # the evaluations
     test_mean: np.ndarray
     test_std: np.ndarray
+    overrides: str = ""  # as Row.overrides
+    milestones: tuple[int, ...] = ()  # where the lr drops
+    gamma: float = 0.1  # by how much it drops there
 
 
 FindingKind = Literal["degradation", "residual fix", "deeper resnet"]
@@ -230,6 +462,7 @@ class Finding:
     text: str
     threshold: float  # points of train error a difference had to exceed to count
     reason: str = ""  # why it is inconclusive regardless of the difference, e.g. "not trained yet"
+    overrides: str = ""  # the sweep values its rows share (Row.overrides)
 
 
 @dataclass(frozen=True)
@@ -239,35 +472,78 @@ class Report:
     findings: list[Finding]
     notes: list[str]
     records: list[RunRecord]
+    swept: list[str] = field(default_factory=list)  # the override keys whose values differ between runs
 
 
 def summarise(records: list[RunRecord]) -> Report:
-    """Group runs by model (seeds together), then compute rows, curves and the verdict."""
+    """Group runs by model and swept values (seeds together), then compute rows, curves and the
+    verdict, which pairs twins within the same swept values only."""
     if not records:
         raise CompareError("nothing to compare")
-    _check_alike(records)
-    groups: dict[str, list[RunRecord]] = defaultdict(list)
+    swept = swept_keys(records)
+    _check_alike(records, swept)
+    groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     for r in records:
-        groups[r.cfg.run.name].append(r)
-    for name, group in groups.items():
+        groups[(r.cfg.run.name, overrides_label(r.cfg, swept))].append(r)
+    for (name, label), group in groups.items():
         digests = {r.cfg.digest(exclude_run=True) for r in group}
         if len(digests) > 1:
             raise CompareError(
-                f"runs named {name} were trained with different configs: "
+                f"runs named {name}{f' ({label})' if label else ''} were trained with different configs: "
                 + ", ".join(str(r.run_dir) for r in group)
             )
-    order = sorted(groups, key=lambda n: (groups[n][0].cfg.model.residual, groups[n][0].cfg.model.depth, n))
-    rows = [_row(name, groups[name]) for name in order]
-    curves = [_curve(name, groups[name]) for name in order]
-    return Report(rows, curves, verdict(rows), _notes(rows), records)
+
+    def order(key: tuple[str, str]) -> tuple[Any, ...]:
+        m, values = groups[key][0].cfg.model, [resolved_value(groups[key][0].cfg, k) for k in swept]
+        return (m.residual, m.depth, key[0], [(0, v, "") if _number(v) else (1, 0, str(v)) for v in values])
+
+    keys = sorted(groups, key=order)
+    rows = [_row(name, groups[(name, label)], label) for name, label in keys]
+    curves = [_curve(name, groups[(name, label)], label) for name, label in keys]
+    return Report(rows, curves, verdict(rows), _notes(rows), records, swept)
 
 
-def _check_alike(records: list[RunRecord]) -> None:
+def swept_keys(records: list[RunRecord]) -> list[str]:
+    """The keys named in runs' overrides (`run.overrides`) that take several values among the runs
+    of one model: what a sweep varies. A key every run sets alike (`--set`) is not swept, and nor
+    is one in which models differ but each has one value: those runs were not trained alike."""
+    named = sorted({e.partition("=")[0] for r in records for e in r.cfg.run.overrides})
+    models = {r.cfg.run.name for r in records}
+    return [
+        k
+        for k in named
+        if any(
+            len({render_value(resolved_value(r.cfg, k)) for r in records if r.cfg.run.name == m}) > 1
+            for m in models
+        )
+    ]
+
+
+def overrides_label(cfg: RunConfig, swept: list[str]) -> str:
+    """`optim.lr=0.05, optim.weight_decay=0`: this config's values of the swept keys."""
+    return ", ".join(f"{k}={render_value(resolved_value(cfg, k))}" for k in swept)
+
+
+def resolved_value(cfg: RunConfig, key: str) -> Any:
+    """The value at a dotted key of the resolved config (None where there is none)."""
+    value: Any = cfg.to_dict()
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_alike(records: list[RunRecord], swept: list[str]) -> None:
+    """Runs compared side by side must be trained alike, but in what a sweep varies."""
     first = records[0]
     a = config.flatten(first.cfg.to_dict())
+    shared = [k for k in SHARED_KEYS if not any(k == s or k.startswith(s + ".") for s in swept)]
     for r in records[1:]:
         b = config.flatten(r.cfg.to_dict())
-        differ = [k for k in SHARED_KEYS if a.get(k) != b.get(k)]
+        differ = [k for k in shared if a.get(k) != b.get(k)]
         if differ:
             detail = ", ".join(f"{k}: {a.get(k)} vs {b.get(k)}" for k in differ)
             raise CompareError(
@@ -276,7 +552,7 @@ def _check_alike(records: list[RunRecord]) -> None:
             )
 
 
-def _row(name: str, group: list[RunRecord]) -> Row:
+def _row(name: str, group: list[RunRecord], overrides: str = "") -> Row:
     m = group[0].cfg.model
     paper = (PAPER_RESNET if m.residual else PAPER_PLAIN_APPROX).get(m.depth) if m.block == "basic" else None
     if m.residual and m.shortcut != "A":
@@ -296,6 +572,7 @@ def _row(name: str, group: list[RunRecord]) -> Row:
         wall_time=Stat.of([r.summary.wall_time for r in group]),
         iterations=group[0].summary.iterations,
         num_classes=m.num_classes,
+        overrides=overrides,
     )
 
 
@@ -316,11 +593,21 @@ def _series(metrics: list[dict], tag: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array([p[0] for p in pairs], dtype=np.float64), np.array([p[1] for p in pairs])
 
 
-def _curve(name: str, group: list[RunRecord]) -> Curve:
+def _curve(name: str, group: list[RunRecord], overrides: str = "") -> Curve:
     train = aligned([_series(r.metrics, "error/train") for r in group])
     test = aligned([_series(r.metrics, "error/test") for r in group])
-    m = group[0].cfg.model
-    return Curve(name, m.depth, m.residual, len(group), *train, *test)
+    m, schedule = group[0].cfg.model, group[0].cfg.schedule
+    return Curve(
+        name,
+        m.depth,
+        m.residual,
+        len(group),
+        *train,
+        *test,
+        overrides=overrides,
+        milestones=schedule.milestones,
+        gamma=schedule.gamma,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,7 +668,27 @@ LABELS: dict[FindingKind, str] = {
 
 
 def verdict(rows: list[Row]) -> list[Finding]:
-    """Pair plain and residual twins by depth and read off what the data show."""
+    """Pair plain and residual twins by depth, within the same swept values, and read off what the
+    data show."""
+    findings: list[Finding] = []
+    for overrides in dict.fromkeys(r.overrides for r in rows):
+        group = [r for r in rows if r.overrides == overrides]
+        findings += [
+            Finding(
+                f.kind,
+                f.status,
+                f"[{overrides}] {f.text}" if overrides else f.text,
+                f.threshold,
+                f.reason,
+                overrides,
+            )
+            for f in _verdict(group)
+        ]
+    return findings
+
+
+def _verdict(rows: list[Row]) -> list[Finding]:
+    """The verdict over rows of one sweep value (or of no sweep)."""
     pooled = pooled_std([r.train_error for r in rows])
     findings: list[Finding] = []
     for block in sorted({r.block for r in rows}):
@@ -441,7 +748,7 @@ def _compare(kind: FindingKind, a: Row, b: Row, expected_sign: int, pooled: floa
 
 def _notes(rows: list[Row]) -> list[str]:
     notes = []
-    iterations = rows[0].iterations
+    iterations = min(r.iterations for r in rows)
     if iterations < PAPER_ITERATIONS:
         notes.append(
             f"These runs are {iterations:,} iterations long, "

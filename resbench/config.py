@@ -13,10 +13,13 @@ Defaults are He et al. 2015, §4.2 (CIFAR-10). No model or training code here.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
 import reprlib
+import urllib.parse
+from collections.abc import Iterable
 from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -156,6 +159,19 @@ class ScheduleConfig(_Section):
     gamma: float = Field(default=0.1, gt=0, le=1)
     warmup: WarmupConfig | None = None  # the ResNet-110 rule; null: no warm-up
 
+    @field_validator("milestones", mode="before")
+    @classmethod
+    def _a_list(cls, milestones: Any) -> Any:
+        """`--set schedule.milestones=1000,1500` reads as the text '1000,1500': name the form instead of
+        pydantic's "valid tuple"."""
+        if isinstance(milestones, str | int | float) and not isinstance(milestones, bool):
+            numbers = _cut(str(milestones).replace(" ", "").strip("[]()") or "1000,1500", 80)
+            raise ValueError(
+                f"must be a list of iterations, got {clip(milestones)}: "
+                f"--set 'schedule.milestones=[{numbers}]' (quoted for the shell), or [{numbers}] in YAML"
+            )
+        return milestones
+
     @field_validator("milestones")
     @classmethod
     def _ordered_within_run(cls, milestones: tuple[int, ...], info: ValidationInfo) -> tuple[int, ...]:
@@ -180,6 +196,9 @@ class RunSettings(_Section):
     """How and where one run executes; none of this changes the experiment's mathematics."""
 
     name: str = ""  # the run directory's name; empty: the config file's name (+ preset)
+    # set by `load`, never by hand: the overrides that differ from the config file (+ preset), as
+    # `key=value`, sorted; they name the run's directory below `name` (rundir.run_dir_for)
+    overrides: tuple[str, ...] = ()
     seed: int = Field(default=0, ge=0, lt=2**32)  # init, batch order and augmentation; the run dir's seed<k>
     device: Device = "auto"  # auto: cuda, then mps, then cpu
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the hardware runs it natively
@@ -201,6 +220,14 @@ class RunSettings(_Section):
                 "run.device to cuda (or auto on a GPU machine), or run.cuda_graph to false"
             )
         return cuda_graph
+
+    @field_validator("overrides")
+    @classmethod
+    def _entries_path_safe(cls, overrides: tuple[str, ...]) -> tuple[str, ...]:
+        """They name a directory: a `/` or `..` written into a config.yaml must not lead out of it."""
+        if bad := [e for e in overrides if "=" not in e or any(c in e for c in "/\\\0")]:
+            raise ValueError(f"must be key=value entries without '/' (set by resbench), got {clip(bad[0])}")
+        return overrides
 
     @field_validator("name")
     @classmethod
@@ -343,6 +370,7 @@ def load(
     raw = _read_with_bases(path, chain=())
     if preset:
         raw = _merge(raw, _read_preset(preset))
+    base = copy.deepcopy(raw)  # what the overrides are measured against: they name the run directory
     for override in overrides:
         _apply_override(raw, override)
     if not isinstance(raw.get("run", {}), dict):
@@ -351,7 +379,107 @@ def load(
     if not run.get("name"):
         suffix = f"-{preset}" if preset and preset != "paper" else ""
         run["name"] = path.stem + suffix
-    return validate(raw, source=str(path))
+    keys = {o.partition("=")[0].strip() for o in overrides}
+    if "run.overrides" in keys:
+        raise ConfigError("--set run.overrides: resbench records it from the other --set values; drop it")
+    cfg = validate(raw, source=str(path))
+    # run.name given as an override replaces the whole directory name, as it always has
+    named = () if "run.name" in keys else named_overrides(base, cfg, keys)
+    return cfg.model_copy(update={"run": cfg.run.model_copy(update={"overrides": named})})
+
+
+# --------------------------------------------------------------------------------------------
+# Naming a run by its overrides (Hydra's override_dirname): runs/resnet20/optim.lr=0.05/seed0
+
+NAMING_SECTIONS = ("model", "data", "optim", "schedule")  # run.* and analysis.* never name a directory
+# Where the images are, not which ones (the checkpoint's data fingerprint says that): like run.device,
+# they name no directory, and a run found under another root is refused as another config, as before.
+NOT_NAMING = ("data.root", "data.download")
+
+
+def names_a_directory(key: str) -> bool:
+    """Whether a dotted key's value, overridden, names the run's directory (`optim.lr` does; `run.seed`,
+    `analysis.every` and `data.root` do not)."""
+    return key.split(".")[0] in NAMING_SECTIONS and not any(_related(key, k) for k in NOT_NAMING)
+
+
+def named_overrides(base: dict[str, Any], cfg: RunConfig, keys: Iterable[str]) -> tuple[str, ...]:
+    """What names `cfg`'s run directory below its name: the values of model, data, optim and
+    schedule (`names_a_directory`) that differ from the config file's (`base`: the file and its
+    preset, before `--set`), as sorted `key=value` entries, after those the file itself records
+    (a run directory's config.yaml). A value that follows from the others is left out
+    (`model.num_classes` from `data.dataset`), so that one resolved config always gets one name,
+    however it was spelled (`1e-4` or `0.0001`, one `--set` or two); and two different ones never
+    share it, since the entries resolve back to the config. `keys` are the overridden keys: they
+    name the run where the file is not valid without its overrides (nothing to measure against)."""
+    now = _naming_values(cfg)
+    try:
+        before: dict[str, Any] | None = _naming_values(validate(base))
+    except ConfigError:
+        before = None
+    if before is None:
+        changed = {k: _value_at(cfg.to_dict(), k) for k in keys if names_a_directory(k)}
+    else:
+        changed = {k: v for k, v in now.items() if k not in before or before[k] != v}
+        for key in sorted(changed):  # drop what the other values imply, in a fixed order
+            rest = {k: v for k, v in changed.items() if k != key}
+            if _resolves_to(base, rest, now):
+                changed = rest
+    recorded = base.get("run", {}).get("overrides") if isinstance(base.get("run"), dict) else None
+    entries = {e.partition("=")[0]: e for e in recorded or () if isinstance(e, str)}
+    for key in [k for k in entries for c in changed if _related(k, c)]:
+        entries.pop(key, None)  # named anew below
+    entries |= {k: f"{k}={render_value(v)}" for k, v in changed.items()}
+    return tuple(entries[k] for k in sorted(entries))
+
+
+def _related(a: str, b: str) -> bool:
+    """One dotted key, or one inside the other (`schedule.warmup`, `schedule.warmup.lr`)."""
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+def _naming_values(cfg: RunConfig) -> dict[str, Any]:
+    return {k: v for k, v in flatten(cfg.to_dict()).items() if names_a_directory(k)}
+
+
+def _resolves_to(base: dict[str, Any], values: dict[str, Any], target: dict[str, Any]) -> bool:
+    """Whether `base` with `values` set resolves to `target` (naming values)."""
+    raw = copy.deepcopy(base)
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}  # a section that was null (no warm-up) gets its values
+            node = node[part]
+        node[leaf] = list(value) if isinstance(value, tuple) else value
+    try:
+        return _naming_values(validate(raw)) == target
+    except ConfigError:
+        return False
+
+
+def render_value(value: Any) -> str:
+    """A resolved value as it reads in a directory name: YAML-like scalars (`0`, `0.0001`, `true`,
+    `null`), lists as `[1000,1500]`, sections as `{lr:0.01,...}`; in a string, every character but
+    letters, digits and `._-+~@` is %-escaped, so no value can hold a `/` or split an entry."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(render_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{render_value(v)}" for k, v in sorted(value.items())) + "}"
+    return urllib.parse.quote(str(value), safe="._-+~@")
+
+
+def _value_at(d: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        d = d[part]
+    return d
 
 
 def validate(raw: Any, source: str = "config") -> RunConfig:

@@ -7,6 +7,8 @@
     ConsoleTracker                       one training: a progress bar in a terminal, else a line per eval
     SweepProgress                        compare's runs: done / running / queued, and a bar per run
     print_models, print_config, print_trained, print_comparison, print_analysis, print_evaluations
+    print_plan                           compare --dry-run: what each run would do, and how long
+    print_runs, print_exported
 
 Each takes the data a library call returned and renders it; nothing here loads, trains or writes a
 file. cli.py decides what to call; this module decides how it looks.
@@ -14,25 +16,39 @@ file. cli.py decides what to call; this module decides how it looks.
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from resbench.analysis.evaluate import Evaluation
 from resbench.analysis.responses import AnalysisReport
-from resbench.compare import Planned, Report, Status
+from resbench.compare import Action, Planned, Report, Status
 from resbench.config import ModelConfig, RunConfig
-from resbench.experiment import Analysis, Comparison, SweepWatcher
+from resbench.experiment import Analysis, CompareDryRun, Comparison, SweepWatcher
 from resbench.models import Architecture, describe
 from resbench.rundir import Summary
+from resbench.runs import Exported, RunRow, RunStatus
 from resbench.sweep import Event, Outcome
 from resbench.tracking import Tracker
 
@@ -100,6 +116,30 @@ def print_config(cfg: RunConfig, arch: Architecture) -> None:
     out.print(table)
 
 
+class _Remaining(TimeRemainingColumn):
+    """rich's time remaining, or a task's own `eta` field where it has one: the runs bar's estimate
+    from the work left, or "evaluating" once a run's last step is done (rich would show 0:00:00)."""
+
+    def render(self, task: Task) -> Text:
+        eta = task.fields.get("eta")
+        return super().render(task) if eta is None else Text(eta, style="progress.remaining")
+
+
+def run_labels(cfgs: list[RunConfig]) -> list[str]:
+    """The runs as progress lines name them: name and seed, and the overrides too where runs of one
+    name and seed differ only in them (a sweep)."""
+    plain = [f"{c.run.name} seed {c.run.seed}" for c in cfgs]
+    return [
+        f"{c.run.name} [{','.join(c.run.overrides)}] seed {c.run.seed}" if plain.count(label) > 1 else label
+        for c, label in zip(cfgs, plain, strict=True)
+    ]
+
+
+def _clock(seconds: float) -> str:
+    """0:04:18: elapsed or remaining wall time, as rich shows it."""
+    return str(timedelta(seconds=round(max(seconds, 0))))
+
+
 class ConsoleTracker(Tracker):
     """A progress bar in a terminal; elsewhere one plain line per evaluation."""
 
@@ -125,7 +165,7 @@ class ConsoleTracker(Tracker):
                 TextColumn(
                     "loss {task.fields[loss]}  train err {task.fields[err]}  {task.fields[speed]} img/s"
                 ),
-                TimeRemainingColumn(),
+                _Remaining(),
                 console=self.out,
             )
             self.task = self.progress.add_task(
@@ -134,11 +174,13 @@ class ConsoleTracker(Tracker):
             self.progress.start()
 
     def note(self, message: str) -> None:
-        print_note(message)
+        # above the live bar: printed beside it, the note would glue onto a stale frame of the bar
+        print_note(message, to=self.progress.console if self.progress else err)
 
     def step(self, iteration: int) -> None:
         if self.progress is not None:
-            self.progress.update(self.task, completed=iteration)
+            done = iteration == self.total  # the final evaluation runs next
+            self.progress.update(self.task, completed=iteration, **({"eta": "evaluating"} if done else {}))
 
     def log(self, iteration: int, metrics: Mapping[str, float]) -> None:
         if "error/train" in metrics:
@@ -189,15 +231,34 @@ def print_trained(run_dir: Path, summary: Summary) -> None:
 # compare
 
 
-class SweepProgress(SweepWatcher):
-    """Progress of a set of runs: done / running / queued, and each running run's iteration and ETA.
-    In a terminal, bars; elsewhere, one plain line per start, evaluation and end."""
+@dataclass
+class _Run:
+    """A run of the sweep that trains: where it is, since when, and its latest errors."""
 
-    def __init__(self, to: Console = out) -> None:
-        self.out = to
+    task: TaskID | None  # its bar, in a terminal
+    started: float  # SweepProgress.clock() at its start event
+    first: int  # the iteration it started (or resumed) at
+    iteration: int
+    total: int
+    train: float | None = None  # error/train of its latest log window
+    test: float | None = None  # error/test of its latest evaluation
+
+
+class SweepProgress(SweepWatcher):
+    """Progress of a set of runs: done / running / queued with an overall ETA, and each running run's
+    iteration, errors and ETA. In a terminal, bars, and a `done` line for each run that finishes;
+    elsewhere, one plain line per start, evaluation and end. Lines name a run's place, [k/N]."""
+
+    def __init__(self, to: Console = out, clock: Callable[[], float] = time.monotonic) -> None:
+        self.out, self.clock = to, clock
         self.total = self.done = 0
         self.names: dict[Path, str] = {}
-        self.running: dict[Path, TaskID | None] = {}
+        self.index: dict[Path, int] = {}
+        self.depth: dict[Path, int] = {}  # a step's time grows with the layers: work = iterations x depth
+        self.queued: dict[Path, int] = {}  # iterations of the runs still to start
+        self.running: dict[Path, _Run] = {}
+        self.finished: list[tuple[Path, _Run]] = []  # runs finished in this sweep
+        self.began: float | None = None  # when the first run started
         self.notes: set[str] = set()
         self.progress: Progress | None = None
 
@@ -210,62 +271,125 @@ class SweepProgress(SweepWatcher):
             highlight=False,
         )
         self.total, self.done = len(runs), states.count("finished")
-        self.names = {p.run_dir: f"{p.cfg.run.name} seed {p.cfg.run.seed}" for p in runs}
+        self.names = dict(zip([p.run_dir for p in runs], run_labels([p.cfg for p in runs]), strict=True))
+        self.index = {p.run_dir: k for k, p in enumerate(runs, 1)}
+        self.depth = {p.run_dir: p.cfg.model.depth for p in runs}
+        self.queued = {p.run_dir: p.cfg.schedule.iterations for p in runs if p.state != "finished"}
         if todo and self.out.is_terminal:
             self.progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[info]}"),
-                TimeRemainingColumn(),
+                _Remaining(),
                 console=self.out,
             )
             self.overall = self.progress.add_task(
-                "[bold]runs", total=self.total, completed=self.done, info=""
+                "[bold]runs", total=self.total, completed=self.done, info="", eta="-:--:--"
             )
             self.progress.start()
             self._update_overall()
 
+    def eta(self) -> float | None:
+        """Seconds until every run is done: the work left at the rate this sweep has worked so far
+        (iterations x depth per second, all jobs together). None until a run has finished in this
+        sweep: before, the rate would be mostly start-up."""
+        if not self.finished or self.began is None:
+            return None
+        done = sum((r.total - r.first) * self.depth.get(d, 1) for d, r in self.finished)
+        done += sum((r.iteration - r.first) * self.depth.get(d, 1) for d, r in self.running.items())
+        left = sum((r.total - r.iteration) * self.depth.get(d, 1) for d, r in self.running.items())
+        left += sum(iterations * self.depth.get(d, 1) for d, iterations in self.queued.items())
+        elapsed = self.clock() - self.began
+        return left * elapsed / done if done > 0 else None
+
     def _update_overall(self) -> None:
         queued = self.total - self.done - len(self.running)
         if self.progress is not None:
+            eta = self.eta()
             self.progress.update(
                 self.overall,
                 completed=self.done,
                 info=f"{self.done} done, {len(self.running)} running, {queued} queued",
+                eta="-:--:--" if eta is None else _clock(eta),
             )
+
+    def _print(self, line: str) -> None:
+        """A line that stays: above the bars in a terminal (beside them it would glue onto a stale
+        frame of the live display)."""
+        to = self.progress.console if self.progress else self.out
+        to.print(line, highlight=False, markup=False, soft_wrap=True)  # one line, for grep
 
     def __call__(self, event: Event) -> None:
         name = self.names.get(event.run_dir, str(event.run_dir))
+        k = f"[{self.index.get(event.run_dir, '?')}/{self.total}]"
+        run = self.running.get(event.run_dir)
         if event.kind == "note":
             if event.message not in self.notes:  # every worker loads the same data: say it once
                 self.notes.add(event.message)
-                print_note(event.message)
+                print_note(event.message, to=self.progress.console if self.progress else err)
         elif event.kind == "start":
-            what = f"resuming at {event.iteration}" if event.iteration else "training"
-            if self.progress is not None:
-                self.running[event.run_dir] = self.progress.add_task(
-                    f"  {name}", total=event.total, completed=event.iteration, info=what
-                )
-            else:
-                self.running[event.run_dir] = None
-                self.out.print(f"{name}: {what} ({event.total} iterations)", highlight=False)
-        elif event.kind == "step" and self.progress is not None and event.run_dir in self.running:
-            self.progress.update(self.running[event.run_dir], completed=event.iteration)
+            self._start(event, name, k)
+        elif event.kind in ("step", "log") and run is not None:
+            self._advance(run, event, name, k)
         elif event.kind == "done":
-            task = self.running.pop(event.run_dir, None)
-            if self.progress is not None and task is not None:
-                self.progress.remove_task(task)
-            elif self.progress is None:
-                self.out.print(f"{name}: {event.message}", highlight=False)
-            self.done += 1
-        elif event.kind == "log" and event.metrics and "error/test" in event.metrics:
-            info = f"test err {event.metrics['error/test']:.1f}%"
-            if self.progress is not None and event.run_dir in self.running:
-                self.progress.update(self.running[event.run_dir], info=info)
-            elif self.progress is None:
-                self.out.print(f"{name}: iter {event.iteration}  {info}", highlight=False)
+            self._done(run, event, name, k)
         self._update_overall()
+
+    def _start(self, event: Event, name: str, k: str) -> None:
+        now = self.clock()
+        self.began = now if self.began is None else self.began
+        self.queued.pop(event.run_dir, None)
+        what = f"resuming at {event.iteration:,}" if event.iteration else "training"
+        task = None
+        if self.progress is not None:
+            task = self.progress.add_task(
+                f"  {name}", total=event.total, completed=event.iteration, info=what
+            )
+        else:
+            self._print(f"{k} {name}: {what} ({event.total:,} iterations)")
+        self.running[event.run_dir] = _Run(task, now, event.iteration, event.iteration, event.total)
+
+    def _advance(self, run: _Run, event: Event, name: str, k: str) -> None:
+        run.iteration = max(run.iteration, event.iteration)
+        metrics = event.metrics or {}
+        run.train = metrics.get("error/train", run.train)
+        run.test = metrics.get("error/test", run.test)
+        if self.progress is not None and run.task is not None:
+            fields: dict[str, Any] = {}
+            if run.iteration >= run.total and "error/test" not in metrics:
+                fields["eta"] = "evaluating"  # the last step is done; the final evaluation runs
+            if "error/train" in metrics or "error/test" in metrics:
+                fields["info"] = f"train err {_percent(run.train)}  test err {_percent(run.test)}"
+            self.progress.update(run.task, completed=run.iteration, **fields)
+        elif self.progress is None and "error/test" in metrics:
+            self._print(
+                f"{k} {name}  iter {event.iteration:,}/{run.total:,}  "
+                f"elapsed {_clock(self.clock() - run.started)}  "
+                f"train err {_percent(run.train)}  test err {_percent(run.test)}"
+            )
+
+    def _done(self, run: _Run | None, event: Event, name: str, k: str) -> None:
+        """A run that finished leaves a line with its final errors. A failed one says so; in a
+        terminal, why follows when the sweep is over (`failed`), below the bars."""
+        self.running.pop(event.run_dir, None)
+        self.queued.pop(event.run_dir, None)
+        self.done += 1
+        if self.progress is not None and run is not None and run.task is not None:
+            self.progress.remove_task(run.task)
+        if event.message.startswith("failed") and self.progress is not None:
+            self._print(f"{k} failed {name}: why follows when the other runs are done")
+            return
+        if run is None or event.message.startswith("failed"):  # without a start: finished elsewhere
+            self._print(f"{k} {name}: {event.message}")
+            return
+        self.finished.append((event.run_dir, run))
+        eta = self.eta()
+        left = f", about {_clock(eta)} left" if eta is not None and self.done < self.total else ""
+        self._print(
+            f"{k} done {name}: train {_percent(run.train)} test {_percent(run.test)} "
+            f"({_clock(self.clock() - run.started)}); {self.done}/{self.total} runs done{left}"
+        )
 
     def failed(self, outcome: Outcome) -> None:
         print_error(f"{outcome.run_dir}: {outcome.error}", "run failed")
@@ -275,35 +399,93 @@ class SweepProgress(SweepWatcher):
             self.progress.stop()
 
 
+def _percent(error: float | None) -> str:
+    return "-" if error is None else f"{error:.2f}%"
+
+
 _STATUS_COLOURS: dict[Status, str] = {"shown": "green", "not shown": "red", "inconclusive": "yellow"}
 
 
 def print_comparison(result: Comparison) -> None:
-    """The table, the verdict and its notes, the files written and the TensorBoard overlay command."""
+    """The table, the verdict and its notes, the files written, and the TensorBoard overlay: the
+    command and the address that shows it."""
     report, files = result.report, result.files
     out.print(_report_table(report))
     for f in report.findings:
         out.print(f"[bold {_STATUS_COLOURS[f.status]}]{f.status:>12}[/]  {escape(f.text)}", highlight=False)
     for note in report.notes:
         print_note(note, to=out)
-    out.print(
-        f"\nreport: {files.figure_png}, {files.figure_svg}, {files.summary_md}, {files.summary_csv}",
-        highlight=False,
-        soft_wrap=True,
-    )
+    figures = [files.figure_png, files.figure_svg, files.depth_png, files.depth_svg]
+    written = [*filter(None, figures), files.summary_md, files.summary_csv]
+    out.print(f"\nreport: {', '.join(map(str, written))}", highlight=False, soft_wrap=True, markup=False)
     if result.analysis is not None:
         _print_responses(result.analysis.responses)
     out.print(f"overlay: {files.tensorboard_command}", highlight=False, soft_wrap=True, markup=False)
+    if files.tensorboard_url:
+        out.print(
+            f"then open {files.tensorboard_url} (one colour per model, the error curves only)",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
+
+
+_ACTION_COLOURS: dict[Action, str] = {"reuse": "green", "resume": "cyan", "train": "yellow", "refuse": "red"}
+
+
+def print_plan(dry: CompareDryRun) -> None:
+    """`compare --dry-run`: each run's directory, what compare would do with it, the iterations it
+    has left and their estimated time, then the total and whether the plan can be carried out."""
+    actions = [r.run.action for r in dry.runs]
+    counts = ", ".join(f"{actions.count(a)} {a}" for a in _ACTION_COLOURS if a in actions)
+    table = Table(title=f"Plan: {len(dry.runs)} runs ({counts}); --dry-run trains nothing")
+    for column in ("run directory", "action", "iterations left", "estimated time"):
+        right = column in ("iterations left", "estimated time")
+        table.add_column(column, justify="right" if right else "left")
+    for r in dry.runs:
+        p = r.run
+        action = f"resume at {p.start_iteration:,}" if p.action == "resume" else p.action
+        if p.refusal is not None:
+            action += " (why: below)"
+        busy = p.action in ("train", "resume")
+        table.add_row(
+            escape(str(p.run_dir)),
+            f"[{_ACTION_COLOURS[p.action]}]{escape(action)}[/]",
+            f"{p.iterations_left:,}" if busy else "-",
+            (_duration(r.seconds) if r.seconds is not None else "unknown") if busy else "-",
+        )
+    out.print(table)
+    for r in dry.runs:
+        if r.run.refusal is not None:  # in full, below the table: a reason often holds a command to paste
+            reason = f"refuse {r.run.run_dir}: {r.run.refusal}"
+            out.print(reason, highlight=False, markup=False, soft_wrap=True)
+    left = sum(r.run.iterations_left for r in dry.runs)
+    total = "unknown" if dry.seconds is None else _duration(dry.seconds)
+    summary = f"total: {left:,} iterations left on {dry.device}; time, one run at a time: {total}"
+    out.print(summary, highlight=False)
+    if any(r.seconds is None for r in dry.runs if r.run.action in ("train", "resume")):
+        print_note(
+            "unknown: no finished run of that net (block, depth, width) on this device and host under "
+            "the runs directory has recorded its images/s yet",
+            to=out,
+        )
+    if not dry.valid:
+        refused = actions.count("refuse")
+        print_error(f"{refused} run{'s' * (refused > 1)} refused: compare would stop before it trains")
 
 
 def _report_table(report: Report) -> Table:
     table = Table(title="Final error (%), mean ± std over seeds: final model, never the best epoch")
-    for column in ("model", "params", "train err", "test err", "paper (Δ)", "seeds", "time"):
-        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
+    with_overrides = any(r.overrides for r in report.rows)  # a sweep: one row per model and values
+    columns = ["model", *(["overrides"] * with_overrides), "params", "train err", "test err", "paper (Δ)"]
+    for column in [*columns, "seeds", "mean time/run"]:
+        left = column in ("model", "overrides")
+        table.add_column(column, justify="left" if left else "right", no_wrap=True)
     for r in report.rows:
         paper = f"{r.paper_text} ({r.delta_to_paper:+.1f})" if r.paper_text else ""
         table.add_row(
             r.name,
+            *([escape(r.overrides)] * with_overrides),
             f"{r.params / 1e3:,.0f}k",
             str(r.train_error),
             str(r.test_error),
@@ -371,3 +553,85 @@ def print_evaluations(results: list[Evaluation]) -> None:
         )
         for note in ([r.unchecked] if r.unchecked else []) + list(r.notes):
             print_note(note, to=out, indent="  ")
+
+
+# --------------------------------------------------------------------------------------------
+# runs, export
+
+_STATE_COLOURS: dict[RunStatus, str] = {
+    "running": "cyan",
+    "finished": "green",
+    "failed": "red",
+    "unfinished": "yellow",
+    "damaged": "red",
+}
+
+
+def print_runs(rows: list[RunRow], fmt: str, runs_dir: Path) -> None:
+    """The runs as a table, then what each failed, damaged or running run's row cannot hold (the
+    reason, the lock's holder); with `fmt` csv or json, plain text on stdout for scripts (no
+    markup, wall time in seconds, the full commit)."""
+    if fmt == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=[f.name for f in fields(RunRow)], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(r.record() for r in rows)
+        return
+    if fmt == "json":
+        sys.stdout.write(json.dumps([r.record() for r in rows], indent=2) + "\n")
+        return
+    if not rows:
+        print_note(f"no runs in {runs_dir}", to=out)
+        return
+    states = {s: sum(r.state == s for r in rows) for s in _STATE_COLOURS}
+    counts = ", ".join(f"{n} {s}" for s, n in states.items() if n)
+    table = Table(title=f"{len(rows)} runs in {escape(str(runs_dir))}: {counts}")
+    with_overrides = any(r.overrides for r in rows)
+    columns = ["name", *(["overrides"] * with_overrides), "seed", "state", "iteration", "train err"]
+    for column in [*columns, "test err", "time", "device", "commit"]:
+        right = column in ("seed", "iteration", "train err", "test err", "time")
+        wrap = dict(overflow="fold") if column == "overrides" else dict(no_wrap=True)
+        table.add_column(column, justify="right" if right else "left", **wrap)
+    for r in rows:
+        table.add_row(
+            escape(r.name),
+            *([escape(r.overrides.replace(",", ", ")) or "-"] * with_overrides),  # wraps between entries
+            "-" if r.seed is None else str(r.seed),
+            f"[{_STATE_COLOURS[r.state]}]{r.state}[/]",
+            f"{r.iteration or 0:,}/{r.iterations:,}" if r.iterations else "-",
+            "-" if r.train_error is None else f"{r.train_error:.2f}%",
+            "-" if r.test_error is None else f"{r.test_error:.2f}%",
+            "-" if r.wall_time is None else _duration(r.wall_time),
+            escape(r.device),
+            escape(_short_commit(r.git_commit)),
+        )
+    out.print(table)
+    for r in rows:
+        if r.detail:
+            where = " ".join([r.name, *[r.overrides] * bool(r.overrides), f"seed {r.seed}"])
+            out.print(f"{where} ({r.state}): {r.detail}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _duration(seconds: float) -> str:
+    """12s, 3m05s, 2h04m: a wall time at a glance."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def _short_commit(commit: str) -> str:
+    """The first 8 hex digits, keeping a '-dirty' mark: enough to find the commit."""
+    head, dirty, _ = commit.partition("-dirty")
+    return head[:8] + dirty
+
+
+def print_exported(result: Exported) -> None:
+    out.print(
+        f"wrote {result.rows:,} rows from {result.runs} runs to {result.path}: run, name, seed, "
+        f"iteration, tag, value and {result.config_keys} config keys",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )

@@ -1,30 +1,46 @@
 """The jobs behind `train`, `compare` and `analyze`, one library call each: they train, measure and
 write, and return data. (`evaluate` and `data prepare` call analysis.evaluate and cifar.prepare.)
 
-    train_seeds(config, seeds, overrides, preset, runs_dir)  -> (run_dir, Summary) per seed   train
-    compare(names, seeds, overrides, preset, runs_dir, ...)  -> Comparison                    compare
-    analyze(run_dirs, out, images, per_channel, device)      -> Analysis                      analyze
+    train_seeds(config, seeds, overrides, preset, runs_dir, grid=)  -> (run_dir, Summary) per run  train
+    compare(names, seeds, overrides, preset, runs_dir, grid=, ...)  -> Comparison           compare
+    plan_compare(names, seeds, overrides, preset, runs_dir, grid=)  -> CompareDryRun  compare --dry-run
+    analyze(run_dirs, out, images, per_channel, device)             -> Analysis             analyze
 
-`compare` is the experiment this project exists for: plan the runs (compare.plan), train what is
-missing (a `Sweep`: a local pool or Ray), load and summarise the runs, measure Figure 7 with
-`analyze`, and write the report. Nothing here prints: progress goes to the `Tracker` or
-`SweepWatcher` the caller passes in, and console.py renders what comes back. A script or a notebook
-gets the same runs and files as the command line.
+`compare` is the experiment this project exists for: plan the runs (compare.plan, over every
+combination of a `--sweep` grid), train what is missing (a `Sweep`: a local pool or Ray), load and
+summarise the runs, measure Figure 7 with `analyze`, and write the report. `plan_compare` is the
+same plan with every refusal kept and the time left estimated; it trains and writes nothing.
+Nothing here prints: progress goes to the `Tracker` or `SweepWatcher` the caller passes in, and
+console.py renders what comes back. A script or a notebook gets the same runs and files as the
+command line.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from resbench.analysis.responses import AnalysisReport, analyze_run, summarise_analyses
-from resbench.compare import Planned, Report, load_run, plan, summarise
-from resbench.config import Device, RunConfig
+from resbench.compare import (
+    NO_SWEEP,
+    Grid,
+    Planned,
+    Report,
+    estimate,
+    load_run,
+    measured_speeds,
+    plan,
+    resolved_value,
+    summarise,
+)
+from resbench.config import Device, RunConfig, render_value
 from resbench.errors import ConfigError, Interrupted, ResbenchError
 from resbench.hardware import resolve_device
-from resbench.rundir import Summary, load_config, run_dir_for
+from resbench.rundir import Summary, load_config, overrides_dirname, refuse_named_twice, run_dir_for
 from resbench.sweep import Event, Outcome, run_all, run_all_ray
 from resbench.tracking import Tracker
 from resbench.train import train as train_run
@@ -44,14 +60,31 @@ def train_seeds(
     resume: bool = False,
     force: bool = False,
     tracker: Callable[[], Tracker] = Tracker,
+    grid: Grid = NO_SWEEP,
 ) -> Iterator[tuple[Path, Summary]]:
-    """One run per seed (None: the config's own run.seed), in turn, each with a fresh `tracker()`.
-    Every seed's config is resolved before the first run trains, so a bad one stops nothing midway."""
-    cfgs = [  # a run directory's config.yaml is first checked against its last.pt
-        load_config(config, overrides + ([f"run.seed={s}"] if s is not None else []), preset) for s in seeds
-    ]
-    for cfg in cfgs:
-        run_dir = run_dir_for(cfg, runs_dir)
+    """One run per sweep combination and seed (None: the config's own run.seed), in turn, each with
+    a fresh `tracker()`. Every config is resolved before the first run trains, and all their errors
+    come as one ConfigError, so a bad value stops nothing midway."""
+    runs: list[tuple[str, RunConfig, Path]] = []
+    problems: dict[str, ConfigError] = {}  # by message: every seed of a bad combination says the same
+    for combination in grid.combinations():
+        for s in seeds:
+            seed = [f"run.seed={s}"] if s is not None else []
+            label = f"{config} with {', '.join(combination)}" if combination else config
+            try:  # a run directory's config.yaml is first checked against its last.pt
+                cfg = load_config(config, [*overrides, *combination, *seed], preset)
+            except ConfigError as err:
+                problems.setdefault(f"{label}: {err}", err)
+                continue
+            runs.append((f"{label} seed {cfg.run.seed}", cfg, run_dir_for(cfg, runs_dir)))
+    if len(problems) == 1:
+        raise next(iter(problems.values()))
+    if problems:
+        raise ConfigError(
+            f"{len(problems)} configs are not valid; nothing was trained:\n- " + "\n- ".join(problems)
+        )
+    refuse_named_twice((label, run_dir) for label, _, run_dir in runs)
+    for _, cfg, run_dir in runs:
         yield run_dir, train_run(cfg, run_dir, tracker(), resume=resume, force=force)
 
 
@@ -147,13 +180,15 @@ def compare(
     with_analysis: bool = False,
     sweep: Sweep | None = None,
     watch: SweepWatcher | None = None,
+    grid: Grid = NO_SWEEP,
 ) -> Comparison:
-    """Plain vs residual side by side: reuse the finished runs, train or resume the others, then
-    summarise and judge them, and write the report to `out` (default reports/<names>/)."""
+    """Plain vs residual side by side, for every combination of `grid`: reuse the finished runs,
+    train or resume the others, then summarise and judge them, and write the report to `out`
+    (default reports/<names>/, and below it a folder named by the overrides where there are any)."""
     from resbench.report import write_report
 
     sweep, watch = sweep or Sweep(), watch or SweepWatcher()
-    planned = plan(names, seeds, overrides, preset, runs_dir)
+    planned = plan(names, seeds, overrides, preset, runs_dir, grid)
     todo = [p for p in planned if p.state != "finished"]
     if todo and not train_missing:
         why = {"empty": "not trained", "unfinished": "unfinished"}
@@ -170,12 +205,89 @@ def compare(
     if not records:
         raise ResbenchError("no run finished; nothing to report")
     report = summarise(records)
-    out = out or Path("reports") / "_".join(dict.fromkeys(p.cfg.run.name for p in planned))
+    out = out or default_out(planned)
     analysis = (
         analyze([r.run_dir for r in records], out, records[0].cfg.analysis.images) if with_analysis else None
     )
     files = write_report(report, out, analysis.responses if analysis else None)
     return Comparison(report, files, analysis, failed)
+
+
+def default_out(planned: list[Planned]) -> Path:
+    """reports/<names>/, or reports/<names>/<overrides>/ where the runs have overrides, so that a
+    sweep or a --set never overwrites the report of the configs as they are: the overrides every run
+    shares as they are (`optim.lr=0.05`), and each swept key with its values (`optim.wd={0,0.001}`)."""
+    names = Path("reports") / "_".join(dict.fromkeys(p.cfg.run.name for p in planned))
+    parts = []
+    for key in sorted({e.partition("=")[0] for p in planned for e in p.cfg.run.overrides}):
+        values = list(dict.fromkeys(render_value(resolved_value(p.cfg, key)) for p in planned))
+        parts.append(f"{key}={values[0]}" if len(values) == 1 else f"{key}={{{','.join(values)}}}")
+    return names / overrides_dirname(parts) if parts else names
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """What compare would do with one run, and how long its iterations left would take."""
+
+    run: Planned
+    seconds: float | None  # from finished runs' images/s on this machine; None: no such run
+
+
+@dataclass(frozen=True)
+class CompareDryRun:
+    """`compare --dry-run`: the plan, and whether the real command could carry it out."""
+
+    runs: list[PlannedRun]
+    device: str  # where the runs would train, e.g. cpu
+
+    @property
+    def valid(self) -> bool:
+        return all(r.run.refusal is None for r in self.runs)
+
+    @property
+    def seconds(self) -> float | None:
+        """The estimate for every run left, one at a time; None where one of them has none."""
+        times = [r.seconds for r in self.runs if r.run.action in ("train", "resume")]
+        return None if None in times else sum(t for t in times if t is not None)
+
+
+def plan_compare(
+    names: list[str],
+    seeds: list[int],
+    overrides: list[str],
+    preset: str | None,
+    runs_dir: Path,
+    grid: Grid = NO_SWEEP,
+    train_missing: bool = True,
+) -> CompareDryRun:
+    """What `compare` with these arguments would do with each run: reuse it, resume it at its
+    iteration, train it, or refuse it (and why), with the iterations left and an estimate of their
+    time from the images/s that finished runs under `runs_dir` recorded on this host, for the same
+    net and device type. It reads run directories and writes nothing. A bad config is a
+    ConfigError, as it is for the real command."""
+    planned = plan(names, seeds, overrides, preset, runs_dir, grid, keep_refusals=True)
+    if not train_missing:
+        planned = [
+            p
+            if p.refusal is not None or p.state == "finished"
+            else dataclasses.replace(
+                p, refusal=ConfigError(f"{p.run_dir} is not finished, and --no-train trains nothing")
+            )
+            for p in planned
+        ]
+    speeds = measured_speeds(runs_dir, socket.gethostname())
+    devices = {d: _device_type(d) for d in dict.fromkeys(p.cfg.run.device for p in planned)}
+    runs = [PlannedRun(p, estimate(p, speeds, devices[p.cfg.run.device])) for p in planned]
+    return CompareDryRun(runs, ", ".join(dict.fromkeys(devices.values())))
+
+
+def _device_type(device: Device) -> str:
+    """The device type a run asking for `device` would train on here. A device this machine lacks
+    may be on a Ray cluster's nodes: it is named as asked, and nothing has measured it here."""
+    try:
+        return resolve_device(device).type
+    except ConfigError:
+        return device
 
 
 def _train(todo: list[Planned], sweep: Sweep, watch: SweepWatcher) -> list[Outcome]:

@@ -1,4 +1,5 @@
-"""Reports on disk: Figure 6 with summary.md and summary.csv (compare), Figure 7 with layers.csv (analyze).
+"""Reports on disk: Figure 6 and the depth figure with summary.md and summary.csv (compare), Figure 7
+with layers.csv (analyze); and the TensorBoard command and address that overlay a compare's runs.
 
     write_report(report, out_dir)               -> ReportFiles
     write_analysis(analyses, summary, out_dir)  -> AnalysisFiles
@@ -6,6 +7,8 @@
 Figure 6 follows the paper's layout: one panel for the plain nets and one for the ResNets, error
 (%) against iterations, dashed lines for training error and bold lines for test error, one colour
 per depth, a ±std band where a model has several seeds, and a grey dotted line at chance level.
+The depth figure (depth.png, two depths or more) draws the final errors against depth, a line for
+the plain nets and one for the ResNets. Figure 7 keeps Figure 6's colour for each depth.
 Drawing is headless (Agg). A folder that cannot be written is a `ReportError` naming it.
 """
 
@@ -13,19 +16,25 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+import os
+import re
+import shlex
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from resbench.analysis.responses import AnalysisReport, RunAnalysis
-from resbench.compare import Report
+from resbench.compare import Report, Row, RunRecord, overrides_label
 from resbench.errors import ReportError, WriteError
 from resbench.files import atomic_open, atomic_write
 from resbench.rundir import read_env
@@ -54,48 +63,129 @@ class ReportFiles:
     summary_md: Path
     summary_csv: Path
     tensorboard_command: str
+    tensorboard_url: str = ""  # the overlay in a browser: one colour per model, the error curves
+    depth_png: Path | None = None  # error against depth, where the runs cover two depths or more
+    depth_svg: Path | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# The overlay in TensorBoard
+
+TENSORBOARD_URL = "http://localhost:6006/"  # where `tensorboard` serves by default
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """What TensorBoard reads to overlay a compare's runs, and what it names them."""
+
+    folders: dict[str, Path]  # --logdir_spec NAME:FOLDER (absolute); {"": FOLDER}: --logdir FOLDER
+    runs: list[str]  # the compare's runs as TensorBoard names them: plain20/seed0
+    others: bool  # the folders hold other runs too (more seeds, other sweep values)
+
+
+def overlay(report: Report) -> Overlay:
+    """Each run's model folder (RUNS_DIR/<run.name>), under that folder's name, so that TensorBoard
+    names a run `plain20/seed0` or `resnet20/optim.lr=0.05/seed0`. (Given a run folder itself, it
+    names the run `NAME/.`.) `--logdir_spec` splits at every comma and the first colon: where a
+    folder's path holds a comma, the overlay reads the folder all runs share instead."""
+    folders: dict[str, Path] = {}
+    ours = [r.run_dir.resolve() for r in report.records]
+    for run_dir, r in zip(ours, report.records, strict=True):
+        model_dir = next((up for up in run_dir.parents[:2] if up.name == r.cfg.run.name), run_dir.parent)
+        if model_dir not in folders.values():
+            base = model_dir.name.replace(",", "_").replace(":", "_")
+            name, k = base, 1
+            while name in folders:  # two folders of one name, in two runs dirs: base-2, base-3, ...
+                k += 1
+                name = f"{base}-{k}"
+            folders[name] = model_dir
+    if any("," in str(folder) for folder in folders.values()):
+        folders = {"": Path(os.path.commonpath(ours)) if len(ours) > 1 else ours[0].parent}
+    names = {folder: name for name, folder in folders.items()}
+    runs = []
+    for run_dir in ours:
+        folder = next(f for f in names if f in run_dir.parents)
+        runs.append("/".join(filter(None, [names[folder], run_dir.relative_to(folder).as_posix()])))
+    logged = {p.parent for folder in folders.values() for p in folder.rglob("events.out.tfevents.*")}
+    return Overlay(folders, runs, bool(logged - set(ours)))
 
 
 def tensorboard_command(report: Report) -> str:
-    spec = ",".join(f"{r.cfg.run.name}-seed{r.cfg.run.seed}:{r.run_dir}" for r in report.records)
-    return f"tensorboard --logdir_spec {spec}"
+    """`tensorboard --logdir_spec plain20:/abs/runs/plain20,...`: works from any directory."""
+    folders = overlay(report).folders
+    if "" in folders:
+        return f"tensorboard --logdir {shlex.quote(str(folders['']))}"
+    return "tensorboard --logdir_spec " + shlex.quote(",".join(f"{n}:{f}" for n, f in folders.items()))
+
+
+def tensorboard_url(report: Report) -> str:
+    """TensorBoard's time series with one colour per model (the run name up to its last `/`, so that
+    seeds share it) and only the error curves; where the folders hold other runs too, a run filter
+    keeps these. Query parameters as TensorBoard 2.x reads them (runColorGroup, tagFilter, runFilter)."""
+    o = overlay(report)
+    query = {"runColorGroup": "regex:(.*)/", "tagFilter": "error"}
+    if o.others:
+        query["runFilter"] = "^(" + "|".join(re.escape(run) for run in o.runs) + ")$"
+    return f"{TENSORBOARD_URL}?{urlencode(query, quote_via=quote, safe=':()*/|^$')}#timeseries"
+
+
+def depth_colours(depths: Iterable[int]) -> dict[int, tuple[float, float, float, float]]:
+    """One colour per depth, the shallowest first: Figures 6 and 7 of the same runs agree on them."""
+    return {d: plt.get_cmap("tab10")(i % 10) for i, d in enumerate(sorted(set(depths)))}
 
 
 def figure6(report: Report) -> Figure:
-    """Two panels (plain, residual): dashed = training error, bold = test error, colour = depth,
-    dotted grey = chance (what a net that has learned nothing scores)."""
+    """Two panels (plain, residual) per sweep value, one row each (one row without a sweep):
+    dashed = training error, bold = test error with a marker at each evaluation, colour = depth,
+    dash-dot grey = the lr drops (schedule.milestones), dotted grey = chance (what a net that has
+    learned nothing scores)."""
     depths = sorted({c.depth for c in report.curves})
-    colours = {d: plt.get_cmap("tab10")(i % 10) for i, d in enumerate(depths)}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True, layout="constrained")
-    for ax, residual, title, panel in (
-        (axes[0], False, "plain", "plain nets"),
-        (axes[1], True, "ResNet", "ResNets"),
-    ):
-        for c in (c for c in report.curves if c.residual == residual):
-            colour = colours[c.depth]
-            label = f"{title}-{c.depth}"
-            if c.name.split("-")[0] not in (f"plain{c.depth}", f"resnet{c.depth}"):  # "-quick": a preset
-                label += f" ({c.name})"
-            for x, mean, std, style, width, alpha, kind in (
-                (c.train_iterations, c.train_mean, c.train_std, "--", 1.0, 0.12, "train"),
-                (c.test_iterations, c.test_mean, c.test_std, "-", 2.2, 0.2, "test"),
-            ):
-                ax.plot(x, mean, style, color=colour, linewidth=width, label=f"{label} {kind}")
-                if c.n > 1:  # ±1 std over seeds
-                    ax.fill_between(x, mean - std, mean + std, color=colour, alpha=alpha, linewidth=0)
-        for chance in sorted({r.chance_error for r in report.rows}):
-            ax.axhline(chance, color="0.5", linestyle=":", linewidth=1.2, label=f"chance ({chance:.0f}%)")
-        ax.set_title(panel if any(c.residual == residual for c in report.curves) else f"{panel}: no runs")
+    colours = depth_colours(depths)
+    groups = list(dict.fromkeys(c.overrides for c in report.curves))  # a panel row per sweep value
+    height = 4.5 if len(groups) == 1 else 3.4 * len(groups) + 0.8
+    fig, axes = plt.subplots(
+        len(groups), 2, figsize=(12, height), sharex=True, sharey=True, layout="constrained", squeeze=False
+    )
+    for row, overrides in zip(axes, groups, strict=True):
+        curves = [c for c in report.curves if c.overrides == overrides]
+        for ax, residual, title, panel in (
+            (row[0], False, "plain", "plain nets"),
+            (row[1], True, "ResNet", "ResNets"),
+        ):
+            for c in (c for c in curves if c.residual == residual):
+                colour = colours[c.depth]
+                label = f"{title}-{c.depth}"
+                if c.name.split("-")[0] not in (f"plain{c.depth}", f"resnet{c.depth}"):  # "-quick": a preset
+                    label += f" ({c.name})"
+                for x, mean, std, style, width, alpha, marker, kind in (
+                    (c.train_iterations, c.train_mean, c.train_std, "--", 1.0, 0.12, "", "train"),
+                    (c.test_iterations, c.test_mean, c.test_std, "-", 2.2, 0.2, "o", "test"),
+                ):
+                    ax.plot(
+                        x, mean, style, color=colour, linewidth=width, marker=marker, markersize=3.5,
+                        label=f"{label} {kind}",
+                    )  # fmt: skip
+                    if c.n > 1:  # ±1 std over seeds
+                        ax.fill_between(x, mean - std, mean + std, color=colour, alpha=alpha, linewidth=0)
+            for chance in sorted({r.chance_error for r in report.rows}):
+                ax.axhline(chance, color="0.5", linestyle=":", linewidth=1.2, label=f"chance ({chance:.0f}%)")
+            gammas = {c.gamma for c in curves}
+            for i, m in enumerate(sorted({m for c in curves for m in c.milestones})):
+                drop = f"lr ×{next(iter(gammas)):g}" if len(gammas) == 1 else "lr drop"
+                ax.axvline(m, color="0.45", linestyle="-.", linewidth=0.9, label=drop if i == 0 else None)
+            name = panel if any(c.residual == residual for c in curves) else f"{panel}: no runs"
+            ax.set_title(f"{name}, {overrides}" if overrides else name, fontsize=10 if overrides else None)
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=8)
+        row[0].set_ylabel("error (%)")
+    for ax in axes[-1]:
         ax.set_xlabel("iter.")
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
-    axes[0].set_ylabel("error (%)")
     n = max(c.n for c in report.curves)
     dataset = report.records[0].cfg.data.dataset.upper().replace("CIFAR", "CIFAR-")
     fig.suptitle(
-        f"{dataset}: dashed = training error (running, augmented), bold = test error"
-        + (f"; bands ±1 std over {n} seeds" if n > 1 else ""),
+        f"{dataset}: dashed = training error (running, augmented), bold = test error (o: evaluations), "
+        "dash-dot = lr drops" + (f"; bands ±1 std over {n} seeds" if n > 1 else ""),
         fontsize=10,
     )
     return fig
@@ -103,9 +193,11 @@ def figure6(report: Report) -> Figure:
 
 def summary_table(report: Report) -> list[dict[str, object]]:
     """The rows as plain values, for summary.csv and summary.md."""
+    with_overrides = any(r.overrides for r in report.rows)  # a sweep: one row per model and values
     return [
         {
             "model": r.name,
+            **({"overrides": r.overrides} if with_overrides else {}),
             "depth": r.depth,
             "block": r.block,
             "net": "residual" if r.residual else "plain",
@@ -127,17 +219,19 @@ def summary_table(report: Report) -> list[dict[str, object]]:
 
 
 def summary_markdown(report: Report, tb_command: str) -> str:
+    with_overrides = any(r.overrides for r in report.rows)  # a sweep: one row per model and values
     lines = [
         "# resbench compare",
         "",
-        "| model | depth | block | shortcut | params | train error (%) "
-        "| test error (%) | paper test error (%) | Δ to paper | wall time |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| model |{' overrides |' * with_overrides} depth | block | shortcut | params | train error (%) "
+        "| test error (%) | paper test error (%) | Δ to paper | wall time (mean per run) |",
+        "|---|---|---|---|---|---|---|---|---|---|" + "---|" * with_overrides,
     ]
     for r in report.rows:
         delta = "" if r.delta_to_paper is None else f"{r.delta_to_paper:+.2f}"
+        model = f"{r.name} | {r.overrides}" if with_overrides else r.name
         lines.append(
-            f"| {r.name} | {r.depth} | {r.block} | {r.shortcut or 'none (plain)'} | {r.params:,} | "
+            f"| {model} | {r.depth} | {r.block} | {r.shortcut or 'none (plain)'} | {r.params:,} | "
             f"{r.train_error} | {r.test_error} | {r.paper_text} | {delta} | {r.wall_time.mean / 60:.1f} min |"
         )
     n = {len(r.seeds) for r in report.rows}
@@ -153,18 +247,22 @@ def summary_markdown(report: Report, tb_command: str) -> str:
     lines += [f"- **{f.status}**: {f.text}" for f in report.findings] or ["- nothing to pair"]
     if report.notes:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in report.notes]
-    lines += ["", "## Overlay in TensorBoard", "", "```", tb_command, "```", "", "## Runs", ""]
+    url = f"then open {tensorboard_url(report)} (one colour per model, the error curves only)"
+    lines += ["", "## Overlay in TensorBoard", "", "```", tb_command, "```", "", url, "", "## Runs", ""]
     for r in report.records:
         env = read_env(r.run_dir)
         lines.append(
             f"- `{r.run_dir}`: torch {env.get('torch')}, resbench {env.get('resbench')}, "
-            f"{env.get('device_name')} ({env.get('precision')}), commit {env.get('git_commit')}"
+            f"{env.get('device_name')} ({env.get('precision')}), commit {env.get('git_commit') or 'unknown'}"
         )
     lines += ["", "## Configs", ""]
-    for name in dict.fromkeys(r.cfg.run.name for r in report.records):
-        group = [r for r in report.records if r.cfg.run.name == name]
+    groups: dict[tuple[str, str], list[RunRecord]] = {}
+    for r in report.records:
+        groups.setdefault((r.cfg.run.name, overrides_label(r.cfg, report.swept)), []).append(r)
+    for (name, overrides), group in groups.items():
         seeds = ", ".join(str(r.cfg.run.seed) for r in group)
-        lines += [f"### {name} (seeds {seeds})", "", "```yaml", group[0].cfg.to_yaml().rstrip(), "```", ""]
+        title = f"{name}, {overrides}" if overrides else name
+        lines += [f"### {title} (seeds {seeds})", "", "```yaml", group[0].cfg.to_yaml().rstrip(), "```", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -185,6 +283,89 @@ def analysis_markdown(summary: AnalysisReport) -> str:
     return "\n".join([*lines, "", *(f"- {f}" for f in summary.findings), ""])
 
 
+# --------------------------------------------------------------------------------------------
+# Error against depth
+
+NET_COLOURS = {False: "tab:red", True: "tab:blue"}  # plain, ResNet
+GROUP_STYLES = ("-", "--", ":", "-.")  # one per group of rows (sweep values, block, shortcut)
+TRAIN_ERROR_LABEL = "final training error (%)\nrunning, on augmented batches"  # Row.train_error
+
+
+def depth_lines(rows: list[Row]) -> dict[tuple[bool, str], list[Row]]:
+    """The depth figure's lines, keyed by (residual, group): the group names what else tells rows
+    apart, namely the sweep's values (Row.overrides), the block where both blocks are compared and
+    the shortcut where several options are; "" where nothing does. A row whose depth its line holds
+    already (configs that differ in their run.name alone) starts a line of its own, named by row."""
+    blocks = {r.block for r in rows}
+    shortcuts = {r.shortcut for r in rows if r.residual}
+    lines: dict[tuple[bool, str], list[Row]] = defaultdict(list)
+    for r in rows:
+        parts = [r.overrides, r.block if len(blocks) > 1 else ""]
+        parts.append(f"shortcut {r.shortcut}" if r.residual and len(shortcuts) > 1 else "")
+        key = (r.residual, ", ".join(filter(None, parts)))
+        if any(other.depth == r.depth for other in lines[key]):
+            key = (r.residual, ", ".join(filter(None, [key[1], r.name])))
+        lines[key].append(r)
+    return {key: sorted(line, key=lambda r: r.depth) for key, line in lines.items()}
+
+
+def depth_figure(report: Report) -> Figure | None:
+    """Final error against depth, the picture of the degradation: training error (left) and test
+    error (right), a red line for the plain nets and a blue one for the ResNets, ±1 std over seeds as
+    error bars. Rows that differ in more than depth and shortcuts (`depth_lines`) get a line each,
+    told apart by line style. None where the runs cover fewer than two depths."""
+    depths = sorted({r.depth for r in report.rows})
+    if len(depths) < 2:
+        return None
+    lines = depth_lines(report.rows)
+    groups = dict.fromkeys(group for _, group in lines)
+    styles = {group: GROUP_STYLES[i % len(GROUP_STYLES)] for i, group in enumerate(groups)}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    panels = ((axes[0], "train", TRAIN_ERROR_LABEL), (axes[1], "test", "final test error (%)"))
+    for ax, kind, ylabel in panels:
+        for (residual, group), rows in lines.items():
+            stats = [r.train_error if kind == "train" else r.test_error for r in rows]
+            ax.errorbar(
+                [r.depth for r in rows],
+                [s.mean for s in stats],
+                yerr=[s.std for s in stats],
+                color=NET_COLOURS[residual],
+                linestyle=styles[group],
+                marker="o",
+                capsize=4,
+                label=("ResNet" if residual else "plain") + (f" ({group})" if group else ""),
+            )
+        if depths[-1] > 10 * depths[0]:  # 20 to 1202: a linear axis would crowd the shallow nets
+            ax.set_xscale("log")
+        ax.set_xticks(depths, [str(d) for d in depths], minor=False)
+        ax.set_xticks([], minor=True)
+        ax.set_xlabel("depth (weighted layers)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, handlelength=4)  # long enough to show a dashed line as dashed
+    n = max(len(r.seeds) for r in report.rows)
+    dataset = report.records[0].cfg.data.dataset.upper().replace("CIFAR", "CIFAR-")
+    fig.suptitle(
+        f"{dataset}, {report.rows[0].iterations:,} iterations: final error against depth"
+        + (f"; error bars ±1 std over {n} seeds" if n > 1 else ", 1 seed each"),
+        fontsize=10,
+    )
+    return fig
+
+
+def depth_markdown() -> str:
+    return "\n".join(
+        [
+            "## Error against depth",
+            "",
+            "![Final error against depth](depth.png)",
+            "",
+            "Plain nets that train worse as they get deeper show the degradation; ResNets should not.",
+            "",
+        ]
+    )
+
+
 def save_figure(fig: Figure, png: Path, svg: Path) -> None:
     try:
         for path, fmt in ((png, "png"), (svg, "svg")):
@@ -195,7 +376,9 @@ def save_figure(fig: Figure, png: Path, svg: Path) -> None:
 
 
 def write_report(report: Report, out_dir: Path, analysis: AnalysisReport | None = None) -> ReportFiles:
+    """Figure 6, the depth figure (two depths or more), summary.csv and summary.md in `out_dir`."""
     tb = tensorboard_command(report)
+    with_depth = len({r.depth for r in report.rows}) > 1  # as depth_figure decides
     files = ReportFiles(
         out_dir,
         out_dir / "figure6.png",
@@ -203,6 +386,9 @@ def write_report(report: Report, out_dir: Path, analysis: AnalysisReport | None 
         out_dir / "summary.md",
         out_dir / "summary.csv",
         tb,
+        tensorboard_url(report),
+        out_dir / "depth.png" if with_depth else None,
+        out_dir / "depth.svg" if with_depth else None,
     )
     table = summary_table(report)
     buffer = io.StringIO()
@@ -210,10 +396,15 @@ def write_report(report: Report, out_dir: Path, analysis: AnalysisReport | None 
     writer.writeheader()
     writer.writerows(table)
     markdown = summary_markdown(report, tb)
+    if with_depth:
+        markdown += "\n" + depth_markdown()
     if analysis is not None:
         markdown += "\n" + analysis_markdown(analysis)
     with writable(out_dir):
         save_figure(figure6(report), files.figure_png, files.figure_svg)
+        depth = depth_figure(report)
+        if depth is not None and files.depth_png is not None and files.depth_svg is not None:
+            save_figure(depth, files.depth_png, files.depth_svg)
         atomic_write(files.summary_csv, buffer.getvalue())
         atomic_write(files.summary_md, markdown)
     return files
@@ -232,11 +423,14 @@ class AnalysisFiles:
 
 def figure7(summary: AnalysisReport) -> Figure:
     """The paper's layout: response std by layer index (top) and sorted in descending order (bottom);
-    one line per model, seeds averaged. Plain nets dashed, ResNets solid."""
+    one line per model, seeds averaged, in Figure 6's colour for its depth. Plain nets dashed,
+    ResNets solid. The std axis is logarithmic: a deep plain net's early layers reach stds tens of
+    times the others', which on a linear axis flattens every other line into one."""
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharey=True, layout="constrained")
-    for i, m in enumerate(summary.models):
+    colours = depth_colours(m.depth for m in summary.models)
+    for m in summary.models:
         style = dict(
-            color=plt.get_cmap("tab10")(i % 10),
+            color=colours[m.depth],
             linestyle="-" if m.residual else "--",
             linewidth=1.5,
             label=f"{'ResNet' if m.residual else 'plain'}-{m.depth}"
@@ -247,9 +441,16 @@ def figure7(summary: AnalysisReport) -> Figure:
         bottom.plot(layers, sorted(m.stds, reverse=True), **style)
     top.set_xlabel("layer index (original)")
     bottom.set_xlabel("layer index (sorted by magnitude)")
+    stds = [s for m in summary.models for s in m.stds if s > 0]
+    narrow = bool(stds) and max(stds) < 10 * min(stds)  # under a decade: label 0.8, 0.9 too
     for ax in (top, bottom):
-        ax.set_ylabel("std")
-        ax.grid(alpha=0.3)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 0.5, 1, 2, 5, 10: read as numbers
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g") if narrow else NullFormatter())
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are counted
+        ax.set_ylabel("std (log scale)")
+        ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.suptitle(
         "Standard deviation of each 3x3 layer's response (after BN, before ReLU or addition)", fontsize=10

@@ -1,6 +1,7 @@
 """The run directory: its layout, its lock and state, and every check and read of what it holds.
 
-A run lives in `runs/<name>/seed<k>/` (`run_dir_for`):
+A run lives in `runs/<name>/seed<k>/`, or `runs/<name>/<overrides>/seed<k>/` where `--set` values
+that differ from the config file name it (`run_dir_for`, e.g. `runs/resnet20/optim.lr=0.05/seed0`):
 
     config.yaml     the resolved config (`--config` accepts it back); only a copy of last.pt's
     env.json        versions, device, git commit, command line (one entry per start or resume)
@@ -8,6 +9,7 @@ A run lives in `runs/<name>/seed<k>/` (`run_dir_for`):
     metrics.jsonl   one JSON line per log point: the canonical record
     last.pt         the checkpoint
     summary.json    written at the end: final errors, parameters, MACs, wall time, images/s
+    failed.json     why the run stopped for good (it diverged); removed when it starts again
     .lock           the flock that keeps a second training out
 
 This module owns those names, the lock, the run's state (`RunState`), preparing or refusing a
@@ -25,8 +27,10 @@ Only `--force` (prepare_run_dir) deletes a run's files.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
+import shlex
 import shutil
 import socket
 from collections.abc import Iterable, Iterator, Mapping
@@ -47,6 +51,7 @@ SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 ENV = "env.json"
 LOCK = ".lock"
+FAILED = "failed.json"  # written by train() when a run diverges, for `resbench runs`
 RUN_FILES = (CONFIG, CHECKPOINT, SUMMARY, METRICS, ENV)  # any of them makes a folder a run directory
 
 RunState = Literal["empty", "finished", "unfinished", "started"]
@@ -91,8 +96,41 @@ class Summary:
     test_samples: int = 0  # test images the final evaluation counted (each exactly once, also under DDP)
 
 
+# A longer list of overrides is cut to its first entries and a hash of all of them (hashed at 100
+# bytes, well under the 255 a file name may have, so a path stays readable in a terminal).
+MAX_OVERRIDES_NAME = 100
+
+
 def run_dir_for(cfg: RunConfig, runs_dir: Path) -> Path:
-    return runs_dir / cfg.run.name / f"seed{cfg.run.seed}"
+    """`RUNS_DIR/<run.name>/seed<k>`, or `RUNS_DIR/<run.name>/<overrides>/seed<k>` where overrides
+    that differ from the config file name the run (`run.overrides`, e.g. `optim.lr=0.05`)."""
+    seed = f"seed{cfg.run.seed}"
+    overrides = overrides_dirname(cfg.run.overrides)
+    return runs_dir / cfg.run.name / overrides / seed if overrides else runs_dir / cfg.run.name / seed
+
+
+def overrides_dirname(entries: Iterable[str]) -> str:
+    """Sorted `key=value` entries joined by commas, as Hydra's `override_dirname`; a name over
+    MAX_OVERRIDES_NAME bytes keeps the entries that fit in 80 and ends in a hash of the whole list.
+    The entries are ASCII without `/` (config.render_value escapes strings)."""
+    entries = list(entries)
+    full = ",".join(entries)
+    if len(full.encode()) <= MAX_OVERRIDES_NAME:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:10]
+    kept: list[str] = []
+    for entry in entries:
+        if len(",".join([*kept, entry]).encode()) > 80:
+            break
+        kept.append(entry)
+    head = ",".join(kept) if kept else entries[0].partition("=")[0][:80] + "=..."
+    return f"{head}-and-{len(entries) - max(len(kept), 1)}-more-{digest}"
+
+
+def runs_dir_of(run_dir: Path, cfg: RunConfig) -> Path:
+    """The RUNS_DIR that `run_dir` lies in, were it where `cfg` trains (run_dir_for's inverse)."""
+    runs_dir = run_dir.parent.parent
+    return runs_dir.parent if cfg.run.overrides else runs_dir
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,6 +207,8 @@ def prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> bool:
             f"{run_dir} already holds an unfinished run with a checkpoint.\n"
             "Use --resume to continue it, or --force to start it again from scratch."
         )
+    with writing(run_dir):  # it trains again: an earlier failure no longer describes it
+        (run_dir / FAILED).unlink(missing_ok=True)
     return state == "unfinished"
 
 
@@ -176,14 +216,18 @@ def rerun_command(run_dir: Path, flag: str) -> str:
     """The command that trains this run directory again with `flag` (--resume or --force). It names
     the run's config.yaml where that trains into this directory; where it does not (another run's
     config.yaml, or none), CONFIG stands for the config that does, and the command says so."""
-    runs_dir = run_dir.parent.parent  # run_dir is RUNS_DIR/NAME/seedK
-    where = "" if runs_dir == Path("runs") else f" --runs-dir {runs_dir}"
     try:
-        goes_to: Path | None = run_dir_for(load(run_dir / CONFIG), runs_dir)
+        cfg: RunConfig | None = load(run_dir / CONFIG)
     except ResbenchError:
-        goes_to = None
+        cfg = None
+    # run_dir is RUNS_DIR/NAME/seedK, or RUNS_DIR/NAME/OVERRIDES/seedK for a run named by its
+    # overrides; without a config to say which, a folder named `key=value` is taken for overrides
+    nested = run_dir.parent.parent.parent if "=" in run_dir.parent.name else run_dir.parent.parent
+    runs_dir = runs_dir_of(run_dir, cfg) if cfg is not None else nested
+    where = "" if runs_dir == Path("runs") else f" --runs-dir {shlex.quote(str(runs_dir))}"
+    goes_to = run_dir_for(cfg, runs_dir) if cfg is not None else None
     if goes_to is not None and goes_to.resolve() == run_dir.resolve():
-        return f"resbench train --config {run_dir / CONFIG}{where} {flag}"
+        return f"resbench train --config {shlex.quote(str(run_dir / CONFIG))}{where} {flag}"
     why = f"its config.yaml trains into {goes_to}" if goes_to else "it has no readable config.yaml"
     return f"resbench train --config CONFIG{where} {flag}, with CONFIG the config of {run_dir} ({why})"
 
@@ -424,6 +468,25 @@ def read_summary(run_dir: Path) -> Summary:
         )
         raise _damaged(path, "; ".join(problems), fix)
     return Summary(**{n: v for n, v in values.items() if n in known})
+
+
+def write_failure(run_dir: Path, reason: str) -> None:
+    """Record why the run stopped for good (failed.json): `resbench runs` shows it. A resume or
+    --force removes it (prepare_run_dir)."""
+    with writing(run_dir):
+        atomic_write(run_dir / FAILED, json.dumps({"reason": reason}, indent=2) + "\n")
+
+
+def read_failure(run_dir: Path) -> str | None:
+    """Why the run failed (failed.json), or None where it has not."""
+    path = run_dir / FAILED
+    if not path.exists():
+        return None
+    fix = "Restore it, or delete it: it only records why the run stopped."
+    reason = _read_json(path, fix).get("reason")
+    if not isinstance(reason, str):
+        raise _damaged(path, "'reason' is missing or not a string", fix)
+    return reason
 
 
 def read_env(run_dir: Path) -> dict[str, Any]:

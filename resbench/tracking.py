@@ -1,6 +1,6 @@
 """What a run records while it trains: the `Tracker` interface, and `RunFiles`, its writer of the run
-directory's TensorBoard events, metrics.jsonl and summary.json; `environment()`, what env.json records
-(rundir.write_run_files writes it).
+directory's TensorBoard events (with `hparams_of`, what the HParams tab shows), metrics.jsonl and
+summary.json; `environment()`, what env.json records (rundir.write_run_files writes it).
 
 The training loop sends every side effect through a `Tracker`. The base class does nothing (the
 null twin), `RunFiles` writes the files, and console.ConsoleTracker shows progress in a terminal.
@@ -28,6 +28,7 @@ import torch
 import resbench
 from resbench.config import RunConfig, flatten
 from resbench.files import atomic_write
+from resbench.models import build_model, count_params
 from resbench.rundir import METRICS, SUMMARY, Summary, truncate_metrics, writing
 
 # --------------------------------------------------------------------------------------------
@@ -125,15 +126,18 @@ class RunFiles(Tracker):
             self.metrics = open(self.run_dir / METRICS, "a")
 
     def _write_hparams(self, cfg: RunConfig) -> None:
-        """HParams in this run's own directory (SummaryWriter.add_hparams would make a sub-run)."""
+        """The run's HParams (`hparams_of`) in its own directory (SummaryWriter.add_hparams would make a
+        sub-run). Only the session start is written: TensorBoard then builds the table's columns from
+        every run's values, so a key is marked as differing where it does, and its metrics from the
+        scalars (error/train, error/test, ...), whose last values are the final errors. torch's
+        experiment summary is left out: TensorBoard would take one run's at random for all of them,
+        with every key marked as not differing."""
         from torch.utils.tensorboard.summary import hparams
 
-        flat = {
-            k: v if isinstance(v, (int, float, str, bool)) else str(v)
-            for k, v in flatten(cfg.to_dict()).items()
-        }
-        for summary in hparams(flat, {"error/test": 100.0, "error/train": 100.0}):
-            self.writer.file_writer.add_summary(summary)
+        with torch.random.fork_rng(devices=[]):  # building a net draws its init from the global RNG
+            params = count_params(build_model(cfg.model))
+        _, start, _ = hparams(hparams_of(cfg, params), {})
+        self.writer.file_writer.add_summary(start)
 
     def log(self, iteration: int, metrics: Mapping[str, float]) -> None:
         with writing(self.run_dir):
@@ -155,8 +159,11 @@ class RunFiles(Tracker):
             os.fsync(self.metrics.fileno())
 
     def finish(self, summary: Summary) -> None:
+        from torch.utils.tensorboard.summary import hparams
+
         with writing(self.run_dir):
             atomic_write(self.run_dir / SUMMARY, json.dumps(asdict(summary), indent=2) + "\n")
+            self.writer.file_writer.add_summary(hparams({}, {})[2])  # HParams' status: success
 
     def close(self) -> None:
         """Flush and close; the files are closed even where the flush fails (a full disk)."""
@@ -168,6 +175,38 @@ class RunFiles(Tracker):
                 with writing(self.run_dir):
                     writer.close()
                     metrics.close()
+
+
+def hparams_of(cfg: RunConfig, params: int) -> dict[str, float | str]:
+    """What tells runs apart, in reading order, under the config's own dotted keys: name, depth,
+    block, plain or residual, shortcut, seed, length, lr, weight decay, the keys set with `--set`
+    (run.overrides), and the parameter count. config.yaml holds the rest. Booleans and None are
+    words ("true", "none"): TensorBoard would show a boolean as 1.0000."""
+    m, flat = cfg.model, flatten(cfg.to_dict())
+    values: dict[str, float | str] = {
+        "run.name": cfg.run.name,
+        "model.depth": m.depth,
+        "model.block": m.block,
+        "model.residual": _hparam(m.residual),
+        "model.shortcut": _hparam(m.shortcut),
+        "run.seed": cfg.run.seed,
+        "schedule.iterations": cfg.schedule.iterations,
+        "optim.lr": cfg.optim.lr,
+        "optim.weight_decay": cfg.optim.weight_decay,
+    }
+    for entry in cfg.run.overrides:  # `key=value`; a whole section (schedule.warmup) keeps its text
+        key, _, text = entry.partition("=")
+        values.setdefault(key, _hparam(flat.get(key, text)))
+    values["params"] = params
+    return values
+
+
+def _hparam(value: Any) -> float | str:
+    if value is None or isinstance(value, bool):
+        return {None: "none", True: "true", False: "false"}[value]
+    if isinstance(value, int | float | str):
+        return value
+    return str(list(value) if isinstance(value, tuple) else value)  # milestones: "[1000, 1500]"
 
 
 def _wait_for_a_later_second(run_dir: Path) -> None:
@@ -215,20 +254,23 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _git_commit() -> str | None:
-    """The commit of the resbench checkout that runs, with '-dirty' for uncommitted changes."""
-    source = Path(__file__).resolve().parent
+UNKNOWN_COMMIT = "unknown"  # an installed package: resbench's version identifies the code
+
+
+def _git_commit() -> str:
+    """The commit of the resbench checkout that runs, with '-dirty' for uncommitted changes; "unknown"
+    for an installed package, also one installed in a virtual environment inside another checkout
+    (its files are not that checkout's: git does not track them)."""
+    source = Path(__file__).resolve()
+
+    def git(*args: str) -> str:
+        command = ["git", "-C", str(source.parent), *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=source,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
+        git("ls-files", "--error-unmatch", source.name)
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
-        return None  # an installed wheel: resbench's version identifies the code
+        return UNKNOWN_COMMIT
     return commit + ("-dirty" if dirty else "")

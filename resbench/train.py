@@ -53,6 +53,7 @@ from resbench.rundir import (
     read_summary,
     rerun_command,
     run_state,
+    write_failure,
     write_run_files,
 )
 from resbench.step import FixedStep, train_step
@@ -597,7 +598,13 @@ def train(
             raise ResbenchError(f"rank 0 refused {run_dir}; its message says why")
         if start == Start.FINISHED:
             return read_summary(run_dir)
-        return _train(cfg, run_dir, tracker, start == Start.RESUME, d, device)
+        try:
+            return _train(cfg, run_dir, tracker, start == Start.RESUME, d, device)
+        except Diverged as err:
+            if d.main:  # a mark on disk for `resbench runs`; a disk that refuses it must not hide why
+                with contextlib.suppress(ResbenchError):
+                    write_failure(run_dir, str(err))
+            raise
     finally:
         tracker.close()
         if lock is not None:

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from resbench import checkpoint
+from resbench import checkpoint, config
 from resbench.errors import CheckpointError
+from resbench.rundir import run_dir_for
 
 
 def test_round_trip_with_weights_only(tmp_path: Path) -> None:
@@ -115,7 +116,8 @@ def finished_run(learnable_root: Path, tmp_path_factory: pytest.TempPathFactory)
 def test_a_damaged_last_pt_is_one_message_and_exit_1(
     cli, finished_run: Path, tmp_path: Path, kind: str, command: str, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    run = Path(shutil.copytree(finished_run, tmp_path / "resnet20" / "seed0"))
+    where = run_dir_for(config.load(finished_run / "config.yaml"), tmp_path)  # as `train -c` finds it
+    run = Path(shutil.copytree(finished_run, where))
     if command == "train --resume":
         (run / "summary.json").unlink()  # an unfinished run: --resume loads last.pt
         args = ["train", "-c", run / "config.yaml", "--runs-dir", tmp_path, "--resume"]

@@ -230,6 +230,7 @@ def test_evaluate_prints_the_table_and_notes_then_exits_1_where_numbers_differ(
         )  # fmt: skip
 
     monkeypatch.setattr("resbench.cli.evaluate_run", evaluation)
+    monkeypatch.setattr("resbench.cli.is_run_dir", lambda path: True)  # no run directories behind these
     good = cli("evaluate", "runs/good")
     assert good.exit_code == 0 and "agrees (exact)" in good.stdout and good.stderr == ""
     assert "  note: a copy [with brackets]" in good.stdout and "fingerprint abc123" in good.stdout

@@ -6,6 +6,7 @@ import errno
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from resbench.compare import (
 )
 from resbench.errors import CompareError, ConfigError, Interrupted, RunDirError
 from resbench.report import figure6, write_report
-from resbench.rundir import read_summary
+from resbench.rundir import read_summary, run_dir_for
 from resbench.train import train
 
 # ------------------------------------------------------------------------------------------
@@ -52,7 +53,7 @@ def fake_run(
             *overrides,
         ],
     )
-    run_dir = runs_dir / cfg.run.name / f"seed{seed}"
+    run_dir = run_dir_for(cfg, runs_dir)
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     lines = []
@@ -285,10 +286,10 @@ def test_mixing_datasets_names_the_conflicting_runs(tmp_path: Path) -> None:
     )
     with pytest.raises(
         CompareError,
-        match=r"plain20/seed0 and .*plain56/seed0 were not trained alike "
+        match=r"plain20/.*/seed0 and .*plain56/.*/seed0 were not trained alike "
         r"\(data\.dataset: cifar10 vs cifar100",
     ):
-        summarise([a, b])
+        summarise([a, b])  # each model has one dataset: not a sweep over data.dataset
 
 
 def test_a_run_without_metrics_is_named(tmp_path: Path) -> None:
@@ -300,18 +301,21 @@ def test_a_run_without_metrics_is_named(tmp_path: Path) -> None:
         load_run(tmp_path)
 
 
+FAKE_SETS = ["schedule.iterations=400", "schedule.milestones=[200]"]  # what fake_run trains with
+FAKE_DIR = "schedule.iterations=400,schedule.milestones=[200]"  # the folder these overrides name
+
+
 def test_plan_reuses_finished_runs_and_refuses_one_with_another_config(tmp_path: Path) -> None:
     fake_run(tmp_path, "plain20", 0, 6, 9)
-    sets = ["schedule.iterations=400", "schedule.milestones=[200]"]
-    (p,) = plan(["plain20"], [0], sets, None, tmp_path)
-    assert p.state == "finished" and p.run_dir == tmp_path / "plain20" / "seed0"
-    assert [q.state for q in plan(["plain20"], [0, 1], sets, None, tmp_path)] == ["finished", "empty"]
+    (p,) = plan(["plain20"], [0], FAKE_SETS, None, tmp_path)
+    assert p.state == "finished" and p.run_dir == tmp_path / "plain20" / FAKE_DIR / "seed0"
+    assert [q.state for q in plan(["plain20"], [0, 1], FAKE_SETS, None, tmp_path)] == ["finished", "empty"]
+    # another config under an explicit run.name lands on the run: refused, naming the key
+    fake_run(tmp_path, "plain20", 0, 6, 9, overrides=("run.name=mine",))
     with pytest.raises(ConfigError, match=r"differs in optim\.lr"):
-        plan(["plain20"], [0], [*sets, "optim.lr=0.05"], None, tmp_path)
-    assert plan([str(tmp_path / "plain20" / "seed0")], [5], [], None, tmp_path)[0].cfg.run.seed == 0
-
-
-FAKE_SETS = ["schedule.iterations=400", "schedule.milestones=[200]"]  # what fake_run trains with
+        plan(["plain20"], [0], [*FAKE_SETS, "run.name=mine", "optim.lr=0.05"], None, tmp_path)
+    run = tmp_path / "plain20" / FAKE_DIR / "seed0"
+    assert plan([str(run)], [5], [], None, tmp_path)[0].cfg.run.seed == 0
 
 
 def fake_sets(*extra: str) -> list[str]:
@@ -322,12 +326,12 @@ def test_one_run_named_twice_is_refused(tmp_path: Path, monkeypatch: pytest.Monk
     """Counted twice: a run directory and the config that maps to it, or two spellings of one path,
     gave "88.75 ± 0.00" over one run."""
     monkeypatch.chdir(tmp_path)
-    fake_run(Path("runs"), "plain20", 0, 6, 9)
+    run = fake_run(Path("runs"), "plain20", 0, 6, 9)
     with pytest.raises(
-        ConfigError, match=r"runs/plain20/seed0 and plain20 seed 0 both name the run directory"
+        ConfigError, match=rf"{re.escape(str(run))} and plain20 seed 0 both name the run directory"
     ):
-        plan(["runs/plain20/seed0", "plain20"], [0], FAKE_SETS, None, Path("runs"))
-    spellings = ["runs/plain20/seed0", str(tmp_path / "runs" / "plain20" / "seed0") + "/"]
+        plan([str(run), "plain20"], [0], FAKE_SETS, None, Path("runs"))
+    spellings = [str(run), str(tmp_path / run) + "/"]
     with pytest.raises(ConfigError, match=r"would count twice\. Name each run once"):
         plan(spellings, [0], [], None, Path("runs"))
     with pytest.raises(ConfigError, match=r"plain20 seed 0 and configs/plain20\.yaml seed 0"):
@@ -337,7 +341,7 @@ def test_one_run_named_twice_is_refused(tmp_path: Path, monkeypatch: pytest.Monk
 def test_a_run_killed_before_its_first_checkpoint_is_refused_not_wiped(cli, tmp_path: Path) -> None:
     """Its metrics describe weights that were never saved: compare names the run and the command
     that starts it over, and deletes nothing itself."""
-    run = tmp_path / "plain20" / "seed0"
+    run = tmp_path / "plain20" / FAKE_DIR / "seed0"
     run.mkdir(parents=True)
     (run / "metrics.jsonl").write_text('{"iteration": 10, "error/train": 80.0}\n')
     result = cli("compare", "plain20", "--runs-dir", tmp_path, *fake_sets(), "--out", tmp_path / "r")
@@ -356,15 +360,18 @@ def test_cli_refuses_a_run_named_twice(cli, tmp_path: Path) -> None:
 
 
 def test_another_config_on_an_existing_run_name_says_how_to_keep_both(cli, tmp_path: Path) -> None:
-    """Defect 9: `compare plain20 --set optim.lr=0.05` after `compare plain20` maps to the same
-    run directory; the refusal must say how to get a run of its own."""
-    fake_run(tmp_path, "plain20", 0, 6, 9)
-    result = cli("compare", "plain20", "--runs-dir", tmp_path, *fake_sets("optim.lr=0.05"))
+    """Defect 9: another config that maps to a finished run's directory (here under one explicit
+    run.name; `--set optim.lr=0.05` alone now names a directory of its own) is refused, and the
+    refusal says how to get a run of its own."""
+    fake_run(tmp_path, "plain20", 0, 6, 9, overrides=("run.name=mine",))
+    result = cli("compare", "plain20", "--runs-dir", tmp_path, *fake_sets("run.name=mine", "optim.lr=0.05"))
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "differs in optim.lr" in result.stderr
     assert "--set run.name=NAME" in result.stderr and "--runs-dir" in result.stderr
     (p,) = plan(["plain20"], [0], [*FAKE_SETS, "optim.lr=0.05", "run.name=plain20-lr05"], None, tmp_path)
     assert (p.state, p.run_dir) == ("empty", tmp_path / "plain20-lr05" / "seed0")  # the advice works
+    (q,) = plan(["plain20"], [0], [*FAKE_SETS, "optim.lr=0.05"], None, tmp_path)
+    assert (q.state, q.run_dir) == ("empty", tmp_path / "plain20" / f"optim.lr=0.05,{FAKE_DIR}" / "seed0")
 
 
 BROKEN = {
@@ -459,9 +466,20 @@ def test_figure6_layout(tmp_path: Path) -> None:
         ("--", "plain-56 train"),
         ("-", "plain-56 test"),
         (":", "chance (90%)"),  # 100 - 100/10 classes: what a net that has learned nothing scores
+        ("-.", "lr ×0.1"),  # the lr drop at the milestone, iteration 200 of 400
     ]
+    drop = plain.lines[-1]
+    assert list(drop.get_xdata()) == [200, 200]
+    test_line, train_line = plain.lines[1], plain.lines[0]
+    assert test_line.get_marker() == "o" and list(test_line.get_xdata()) == [
+        100,
+        200,
+        300,
+        400,
+    ]  # evaluations
+    assert train_line.get_marker() in ("", "None", None)
     assert all(line.get_linewidth() > 2 for line in plain.lines if line.get_linestyle() == "-")
-    assert len(residual.lines) == 3
+    assert len(residual.lines) == 4  # resnet56 train and test, chance, the lr drop
     assert (
         len([c for c in plain.collections if isinstance(c, PolyCollection)]) == 4
     )  # ±std bands, 2 per model
@@ -491,7 +509,7 @@ def test_report_files(tmp_path: Path) -> None:
     assert "| plain20 | 20 | basic | none (plain) |" in md and "7.00 ± 1.41" in md
     assert "Residual fix" in md and "```yaml" in md and "depth: 20" in md
     assert files.tensorboard_command in md
-    assert files.tensorboard_command.startswith("tensorboard --logdir_spec plain20-seed0:")
+    assert files.tensorboard_command.startswith("tensorboard --logdir_spec plain20")
 
 
 # ------------------------------------------------------------------------------------------
@@ -546,15 +564,16 @@ def test_compare_resumes_an_interrupted_run(cli, learnable_root: Path, tmp_path:
     from test_train import InterruptAt
 
     cfg = config.load("plain20", [s for s in sets(learnable_root) if s != "--set"] + ["run.seed=0"])
+    run = run_dir_for(cfg, tmp_path / "runs")  # runs/plain20/<the tiny overrides>/seed0
     with pytest.raises(Interrupted):
-        train(cfg, tmp_path / "runs" / "plain20" / "seed0", InterruptAt(5))
+        train(cfg, run, InterruptAt(5))
     result = cli(
         "compare", "plain20", "--runs-dir", tmp_path / "runs", "--out", tmp_path / "r", *sets(learnable_root)
     )
     assert result.exit_code == 0, result.output
     assert "1 to resume" in result.stdout and "resuming at 5" in result.stdout
-    env = json.loads((tmp_path / "runs" / "plain20" / "seed0" / "env.json").read_text())
-    assert len(env["starts"]) == 2 and read_summary(tmp_path / "runs" / "plain20" / "seed0").iterations == 12
+    env = json.loads((run / "env.json").read_text())
+    assert len(env["starts"]) == 2 and read_summary(run).iterations == 12
 
 
 @pytest.mark.slow
@@ -572,8 +591,8 @@ def test_one_failed_run_is_reported_and_the_others_finish(cli, learnable_root: P
         *sets(learnable_root),
     )
     assert result.exit_code == 1
-    assert "run failed" in result.stderr and "diverged" in result.stderr and "bad/seed0" in result.stderr
-    assert (tmp_path / "runs" / "plain20" / "seed0" / "summary.json").is_file()
+    assert "run failed" in result.stderr and "diverged" in result.stderr and "runs/bad/" in result.stderr
+    assert len(list((tmp_path / "runs" / "plain20").rglob("summary.json"))) == 1
     assert "Traceback" not in result.output
 
 

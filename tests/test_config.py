@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from resbench import config
 from resbench.config import RunConfig
 from resbench.errors import ConfigError
+from resbench.rundir import run_dir_for
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -435,7 +436,7 @@ def test_a_cifar100_run_end_to_end(cli, tmp_path: Path) -> None:
     args = [a for s in sets for a in ("--set", s)]
     result = cli("train", "-c", "resnet20", *args, "--device", "cpu", "--runs-dir", tmp_path / "runs", "-q")
     assert result.exit_code == 0, result.output
-    run = tmp_path / "runs" / "resnet20" / "seed0"
+    run = run_dir_for(config.load("resnet20", sets), tmp_path / "runs")
     cfg = config.load(run / "config.yaml")
     assert cfg.data.dataset == "cifar100" and cfg.model.num_classes == 100
     summary = json.loads((run / "summary.json").read_text())

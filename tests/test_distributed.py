@@ -19,7 +19,7 @@ from resbench.analysis.evaluate import evaluate_run
 from resbench.data import Batches, build_data
 from resbench.distributed import Dist, shard
 from resbench.errors import ConfigError
-from resbench.rundir import read_metrics, read_summary
+from resbench.rundir import read_metrics, read_summary, run_dir_for
 
 
 @pytest.mark.parametrize("n,world", [(10, 2), (25, 2), (7, 3), (3, 4)])
@@ -58,24 +58,33 @@ def odd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return colours_root(tmp_path_factory.mktemp("odd"), 25)
 
 
+def tiny_sets(root: Path, iterations: int = 60) -> list[str]:
+    return [
+        "model.depth=8",
+        "model.width=4",
+        "optim.batch_size=16",
+        f"schedule.iterations={iterations}",
+        "schedule.milestones=[]",
+        "run.log_every=5",
+        "run.eval_every=30",
+        f"data.root={root}",
+    ]
+
+
+def run_of(runs: Path, root: Path, iterations: int = 60) -> Path:
+    """The run directory `torchrun(runs, root, iterations=...)` trains: named by its --set values."""
+    return run_dir_for(config.load("resnet20", tiny_sets(root, iterations)), runs)
+
+
 @pytest.fixture
 def torchrun(resbench_command: Callable[..., list[str]]) -> Callable[..., subprocess.Popen]:
     """Start `torchrun --nproc_per_node=2 -m resbench train` of a tiny resnet20 on CPU."""
 
     def start(runs: Path, root: Path, *extra: str, iterations: int = 60) -> subprocess.Popen:
-        sets = [
-            "model.depth=8",
-            "model.width=4",
-            "optim.batch_size=16",
-            f"schedule.iterations={iterations}",
-            "schedule.milestones=[]",
-            "run.log_every=5",
-            "run.eval_every=30",
-            f"data.root={root}",
-        ]
         args = resbench_command(
-            "train", "-c", "resnet20", "--runs-dir", runs, "--device", "cpu", *extra, sets=sets, nproc=2
-        )
+            "train", "-c", "resnet20", "--runs-dir", runs, "--device", "cpu", *extra,
+            sets=tiny_sets(root, iterations), nproc=2,
+        )  # fmt: skip
         return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     return start
@@ -86,7 +95,7 @@ def test_torchrun_trains_with_rank_zero_alone_writing(odd_root: Path, tmp_path: 
     proc = torchrun(tmp_path, odd_root)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    run = tmp_path / "resnet20" / "seed0"
+    run = run_of(tmp_path, odd_root)
     summary = read_summary(run)
     assert summary.test_samples == 25  # every test image counted once, none padded or doubled
     losses = [m["loss/train"] for m in read_metrics(run) if "loss/train" in m]
@@ -106,7 +115,8 @@ def test_a_stopped_ddp_run_resumes_to_the_same_weights(odd_root: Path, tmp_path:
     straight = torchrun(tmp_path / "a", odd_root, iterations=400)
     assert straight.wait(timeout=300) == 0
     stopped = torchrun(tmp_path / "b", odd_root, iterations=400)
-    metrics = tmp_path / "b" / "resnet20" / "seed0" / "metrics.jsonl"
+    a, b = run_of(tmp_path / "a", odd_root, 400), run_of(tmp_path / "b", odd_root, 400)
+    metrics = b / "metrics.jsonl"
     deadline = time.time() + 120
     while not (metrics.exists() and metrics.read_text().count("\n") >= 3) and time.time() < deadline:
         time.sleep(0.1)
@@ -116,18 +126,14 @@ def test_a_stopped_ddp_run_resumes_to_the_same_weights(odd_root: Path, tmp_path:
         subprocess.run(["kill", "-INT", pid])
     _, err = stopped.communicate(timeout=120)
     assert stopped.returncode != 0 and "resume" in err
-    saved = checkpoint.load(tmp_path / "b" / "resnet20" / "seed0" / "last.pt")
+    saved = checkpoint.load(b / "last.pt")
     assert 0 < saved["iteration"] < 400 and saved["iteration"] % 5 == 0  # stopped together, at a log point
     resumed = torchrun(tmp_path / "b", odd_root, "--resume", iterations=400)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
-    a = checkpoint.load(tmp_path / "a" / "resnet20" / "seed0" / "last.pt")["model"]
-    b = checkpoint.load(tmp_path / "b" / "resnet20" / "seed0" / "last.pt")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert (
-        read_summary(tmp_path / "b" / "resnet20" / "seed0").test_error
-        == read_summary(tmp_path / "a" / "resnet20" / "seed0").test_error
-    )
+    straight_model, resumed_model = (checkpoint.load(r / "last.pt")["model"] for r in (a, b))
+    assert all(torch.equal(straight_model[k], resumed_model[k]) for k in straight_model)
+    assert read_summary(b).test_error == read_summary(a).test_error
 
 
 def test_global_batch_must_divide_by_the_world_size(
@@ -159,7 +165,7 @@ def test_torchrun_reports_the_errors_of_the_saved_model(
     proc = torchrun(tmp_path, many_test_images_root, "--set", "run.precision=fp32")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    run = tmp_path / "resnet20" / "seed0"
+    run = run_of(tmp_path, many_test_images_root)
     summary, result = read_summary(run), evaluate_run(run)
     (test,) = result.splits
     # One process evaluating last.pt gives, to the bit, what the two ranks reported together.

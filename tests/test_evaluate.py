@@ -153,7 +153,7 @@ def test_the_images_decide_what_is_compared_not_the_path(
 @pytest.mark.parametrize(
     "damage,args,code,message",
     [
-        (lambda run: shutil.rmtree(run), [], 1, "not a run directory"),
+        (lambda run: shutil.rmtree(run), [], 2, "not a run directory"),  # a bad argument, as in compare
         (lambda run: (run / "last.pt").unlink(), [], 1, "no last.pt"),
         (lambda run: None, ["--set", "model.depth=14"], 2, "may only set data.root"),
         # Typer checks --device (a Literal) before the config: its message, no longer "run.device"

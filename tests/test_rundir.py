@@ -4,6 +4,7 @@ or unwritable run files, the config and data fingerprint checked on resume."""
 import errno
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -130,7 +131,7 @@ TINY = [
     "run.device=cpu",
     "data.root=data",  # relative: each test works in its own copy of the stopped run
 ]
-RUN = Path("runs/resnet20/seed0")
+RUN = run_dir_for(config.load("resnet20", TINY), Path("runs"))  # runs/resnet20/<its overrides>/seed0
 
 
 class Killed(Exception):
@@ -226,7 +227,10 @@ def test_resume_without_a_checkpoint_is_refused_and_deletes_nothing(
     assert {"metrics.jsonl", "env.json", "config.yaml"} <= before.keys()
     result = resume(cli, "--resume")
     refused(
-        result, "before its first checkpoint", "nothing to resume", f"--config {RUN / 'config.yaml'} --force"
+        result,
+        "before its first checkpoint",
+        "nothing to resume",
+        f"--config {shlex.quote(str(RUN / 'config.yaml'))} --force",
     )
     assert snapshot(RUN) == before
 
@@ -506,11 +510,14 @@ def test_the_force_command_for_a_run_dir_holding_another_nets_config_trains_into
     message = result.output.replace("\n", "")
     assert f"--config {RUN / 'config.yaml'}" not in message
     assert f"--config CONFIG --force, with CONFIG the config of {RUN}" in message
-    assert "its config.yaml trains into runs/plain20/seed0" in message
+    assert f"its config.yaml trains into {run_dir_for(config.load('plain20', TINY), Path('runs'))}" in message
     assert rerun_command(RUN, "--force").startswith("resbench train --config CONFIG --force")
     (RUN / "config.yaml").write_text(config.load("resnet20", TINY).to_yaml())  # its own: named as it is
-    assert rerun_command(RUN, "--force") == f"resbench train --config {RUN / 'config.yaml'} --force"
-    assert rerun_command(Path("x") / RUN.parent.name / RUN.name, "--resume") == (
+    assert (
+        rerun_command(RUN, "--force")
+        == f"resbench train --config {shlex.quote(str(RUN / 'config.yaml'))} --force"
+    )
+    assert rerun_command(Path("x/resnet20/seed0"), "--resume") == (
         "resbench train --config CONFIG --runs-dir x --resume, with CONFIG the config of x/resnet20/seed0 "
         "(it has no readable config.yaml)"
     )
@@ -519,16 +526,18 @@ def test_the_force_command_for_a_run_dir_holding_another_nets_config_trains_into
 def test_a_run_directory_opened_for_its_model_is_one_error_and_one_load(
     cli: Callable[..., Any], finished_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Review: "not a run directory" exited 1 in analyze but 2 in compare and evaluate, and evaluate
-    read last.pt twice. One function opens a run for its final model, with RunDirError (exit 1)."""
+    """A path that is no run directory is a bad argument (exit 2) in analyze and evaluate, as in
+    compare; a damaged one (no last.pt) is RunDirError (exit 1). One function opens a run for its
+    final model, and evaluate reads last.pt once."""
     from resbench.analysis.evaluate import evaluate_run
     from resbench.compare import load_run
 
     shutil.copytree(finished_run, tmp_path / "work")
     monkeypatch.chdir(tmp_path / "work")
     Path("empty").mkdir()
-    for command in ("analyze", "evaluate"):
-        refused(cli(command, "empty"), "empty is not a run directory (no config.yaml)")
+    for command in ("analyze", "evaluate"):  # a bad argument, exit 2, as compare's unknown name
+        result = cli(command, "empty")
+        assert result.exit_code == 2 and "empty is not a run directory (no config.yaml)" in result.output
     with pytest.raises(RunDirError, match="empty is not a run directory"):
         load_run(Path("empty"))
     loads: list[str] = []

@@ -104,6 +104,14 @@ STOP_TINY = [s for s in TINY if not s.startswith("schedule.")] + [
 NAMES = ("plain32", "plain20", "resnet20")  # the first, deepest, runs longest
 
 
+def run_of(runs: Path, name: str, root: Path) -> Path:
+    """Where compare_command trains `name`: named by its --set values."""
+    from resbench import config
+    from resbench.rundir import run_dir_for
+
+    return run_dir_for(config.load(name, [*STOP_TINY, f"data.root={root}"]), runs)
+
+
 @pytest.fixture
 def compare_command(
     resbench_command: Callable[..., list[str]], learnable_root: Path, tmp_path: Path
@@ -145,7 +153,7 @@ def wait_for(condition: object, seconds: float) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
 def test_a_stopped_sweep_checkpoints_starts_nothing_new_and_resumes(
-    tmp_path: Path, signum: signal.Signals, compare_command: list[str]
+    tmp_path: Path, signum: signal.Signals, compare_command: list[str], learnable_root: Path
 ) -> None:
     command = compare_command
     env = os.environ | {"COLUMNS": "200"}
@@ -154,7 +162,7 @@ def test_a_stopped_sweep_checkpoints_starts_nothing_new_and_resumes(
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
-    first = tmp_path / "runs" / NAMES[0] / "seed0"
+    first = run_of(tmp_path / "runs", NAMES[0], learnable_root)
     try:
         assert wait_for(lambda: any(": training (" in line for line in lines), 120), lines
         time.sleep(1.0)  # well inside the training loop of the first run
@@ -184,7 +192,7 @@ def test_a_stopped_sweep_checkpoints_starts_nothing_new_and_resumes(
     assert f"{NAMES[0]} seed 0: resuming at " in again.stdout
     assert len(json.loads((first / "env.json").read_text())["starts"]) == 2
     for name in NAMES:
-        summary = json.loads((tmp_path / "runs" / name / "seed0" / "summary.json").read_text())
+        summary = json.loads((run_of(tmp_path / "runs", name, learnable_root) / "summary.json").read_text())
         assert summary["iterations"] == 120
 
 
@@ -198,11 +206,11 @@ def blocked_flock_waiters() -> set[int]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
 def test_a_worker_waiting_for_another_sweeps_run_stops_too(
-    tmp_path: Path, signum: signal.Signals, compare_command: list[str]
+    tmp_path: Path, signum: signal.Signals, compare_command: list[str], learnable_root: Path
 ) -> None:
     from resbench.rundir import RunLock
 
-    first = tmp_path / "runs" / NAMES[0] / "seed0"
+    first = run_of(tmp_path / "runs", NAMES[0], learnable_root)
     held = RunLock(first)  # as if another compare trained this run right now
     proc = subprocess.Popen(compare_command, cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip

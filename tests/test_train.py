@@ -22,7 +22,7 @@ from resbench import checkpoint, config
 from resbench.distributed import Dist
 from resbench.errors import ConfigError, Diverged, Interrupted, RunDirError
 from resbench.hardware import set_kernels
-from resbench.rundir import RESUMABLE_CHANGES, RunLock, read_metrics, read_summary
+from resbench.rundir import RESUMABLE_CHANGES, RunLock, read_metrics, read_summary, run_dir_for
 from resbench.tracking import Tracker
 from resbench.train import (
     LrSchedule,
@@ -109,7 +109,9 @@ def test_tensorboard_tags_and_hparams_in_the_run_directory(learnable_root: Path,
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     content = events.PluginTagToContent("hparams")
-    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= content.keys()
+    # no experiment summary: TensorBoard builds the columns from every run's session start (tracking.py)
+    assert {"_hparams_/session_start_info", "_hparams_/session_end_info"} <= content.keys()
+    assert "_hparams_/experiment" not in content
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
     assert start.session_start_info.hparams["model.depth"].number_value == 8
     assert start.session_start_info.hparams["model.shortcut"].string_value == "A"
@@ -538,7 +540,7 @@ def test_a_run_started_on_cuda_is_not_resumed_on_the_cpu(
     cli, learnable_root: Path, tmp_path: Path, saved_before_issue_9: bool
 ) -> None:
     """The batch generator's state cannot move between device types with the same draws: refused."""
-    run = tmp_path / "resnet20" / "seed0"
+    run = run_dir_for(load(learnable_root), tmp_path)  # where `train -c its/config.yaml` finds it
     with pytest.raises(Interrupted):
         train(load(learnable_root), run, InterruptAt(5))
     saved = dict(checkpoint.load(run / "last.pt"))
@@ -677,26 +679,19 @@ def test_a_locked_run_directory_is_refused(learnable_root: Path, tmp_path: Path)
 def test_sigint_to_a_real_process_checkpoints_and_exits_130(
     learnable_root: Path, tmp_path: Path, resbench_command
 ) -> None:
-    args = resbench_command(
-        "train",
-        "-c",
-        "resnet20",
-        "--runs-dir",
-        tmp_path,
-        "--device",
-        "cpu",
-        sets=[
-            f"data.root={learnable_root}",
-            *TINY_NET,
-            "schedule.iterations=100000",
-            "schedule.milestones=[]",
-            "run.log_every=10",
-            "run.eval_every=100000",
-            "run.checkpoint_every=0",
-        ],
-    )
+    sets = [
+        f"data.root={learnable_root}",
+        *TINY_NET,
+        "schedule.iterations=100000",
+        "schedule.milestones=[]",
+        "run.log_every=10",
+        "run.eval_every=100000",
+        "run.checkpoint_every=0",
+    ]
+    args = resbench_command("train", "-c", "resnet20", "--runs-dir", tmp_path, "--device", "cpu", sets=sets)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "resnet20" / "seed0" / "metrics.jsonl"
+    run = run_dir_for(config.load("resnet20", sets), tmp_path)
+    metrics = run / "metrics.jsonl"
     deadline = time.time() + 60
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.time() < deadline:
         time.sleep(0.2)
@@ -704,8 +699,8 @@ def test_sigint_to_a_real_process_checkpoints_and_exits_130(
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "resume" in err and "Traceback" not in err
-    saved = checkpoint.load(tmp_path / "resnet20" / "seed0" / "last.pt")
-    assert saved["iteration"] >= 20 and not (tmp_path / "resnet20" / "seed0" / "summary.json").exists()
+    saved = checkpoint.load(run / "last.pt")
+    assert saved["iteration"] >= 20 and not (run / "summary.json").exists()
 
 
 def test_cli_train_seeds_and_missing_data(cli, learnable_root: Path, tmp_path: Path) -> None:
@@ -725,8 +720,10 @@ def test_cli_train_seeds_and_missing_data(cli, learnable_root: Path, tmp_path: P
     assert result.exit_code == 0, result.output
     assert "do not match the official checksums" in result.stderr
     for seed in (0, 1):
-        assert (tmp_path / "resnet20" / f"seed{seed}" / "summary.json").exists()
-        assert f"seed: {seed}" in (tmp_path / "resnet20" / f"seed{seed}" / "config.yaml").read_text()
+        run = run_dir_for(config.load("resnet20", [*sets[1::2], f"run.seed={seed}"]), tmp_path)
+        assert run.parent.parent == tmp_path / "resnet20" and run.name == f"seed{seed}"  # a folder for --set
+        assert (run / "summary.json").exists()
+        assert f"seed: {seed}" in (run / "config.yaml").read_text()
     assert result.stdout.count("iter 10/10") == 2  # one plain line per eval where stdout is no terminal
     again = cli("train", "-c", "resnet20", *sets, "--seed", "0", "--runs-dir", tmp_path)
     assert again.exit_code == 1 and "--force" in again.stderr

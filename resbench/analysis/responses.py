@@ -129,9 +129,12 @@ def _findings(models: list[ModelResponses]) -> list[str]:
         twin = next((p for p in models if not p.residual and p.depth == m.depth), None)
         if twin is not None:
             factor = twin.mean_std / m.mean_std
+            verdict = "larger, as the paper expects"
+            if factor <= 1:
+                verdict = "not larger: against the paper, which expects larger"
             lines.append(
-                f"{twin.name} layers have {factor:.1f}x the responses of {m.name} "
-                f"(mean std {twin.mean_std:.3f} vs {m.mean_std:.3f})"
+                f"{twin.name} layers have {factor:.2f}x the responses of {m.name} "
+                f"(mean std {twin.mean_std:.3f} vs {m.mean_std:.3f}): {verdict}"
             )
     residual = sorted((m for m in models if m.residual), key=lambda m: m.depth)
     for shallow, deep in pairwise(residual):
