@@ -105,9 +105,9 @@ class Grid:
                 problems.append(f"{what}: expected KEY=V1,V2,..., e.g. --sweep optim.weight_decay=0,1e-4")
             elif not names_a_directory(key):
                 problems.append(
-                    f"{what}: {key} does not name a run directory (no run.* or analysis.* key, nor "
-                    f"data.root, does), so every value would train one run; set it with --set {key}=VALUE "
-                    "(and seeds with --seeds)"
+                    f"{what}: {key} does not name a run directory (no analysis.* key, nor run.* but "
+                    "run.precision and run.sync_bn, nor data.root, does), so every value would train one "
+                    f"run; set it with --set {key}=VALUE (and seeds with --seeds)"
                 )
             elif key in axes:
                 problems.append(f"{what}: {key} is swept twice; give all its values in one --sweep")
@@ -224,6 +224,42 @@ def plan(
     return planned
 
 
+def resolve_configs(
+    name: str,
+    overrides: list[str],
+    preset: str | None,
+    grid: Grid,
+    seeds: Iterable[int | None],
+    problems: dict[str, ConfigError],
+) -> list[tuple[str, RunConfig]]:
+    """`name`'s config at each sweep combination and seed (None: the config's own run.seed), with a
+    label for messages. Errors go to `problems`, by message: every seed of a bad combination says
+    the same, and `raise_config_problems` then reports each once."""
+    resolved = []
+    for combination in grid.combinations():
+        label = f"{name} with {', '.join(combination)}" if combination else name
+        for seed in seeds:
+            try:  # a run directory's config.yaml is first checked against its last.pt
+                at_seed = [f"run.seed={seed}"] if seed is not None else []
+                cfg = load_config(name, [*overrides, *combination, *at_seed], preset)
+            except ConfigError as err:
+                problems.setdefault(f"{label}: {err}", err)
+                continue
+            resolved.append((f"{label} seed {cfg.run.seed}", cfg))
+    return resolved
+
+
+def raise_config_problems(problems: dict[str, ConfigError]) -> None:
+    """One ConfigError for all of them, before anything trains."""
+    if len(problems) == 1:
+        raise next(iter(problems.values()))
+    if problems:
+        raise ConfigError(
+            f"{len(problems)} configs of this command are not valid; nothing was trained:\n- "
+            + "\n- ".join(problems)
+        )
+
+
 def plan_runs(
     names: list[str],
     seeds: list[int],
@@ -260,22 +296,9 @@ def plan_runs(
                 )
             spelled.append((name, _planned(asked, path, refusal)))  # asked: only --device differs
             continue
-        for combination in grid.combinations():
-            label = f"{name} with {', '.join(combination)}" if combination else name
-            for seed in seeds:
-                try:
-                    cfg = load_config(name, [*overrides, *combination, f"run.seed={seed}"], preset)
-                except ConfigError as err:
-                    problems.setdefault(f"{label}: {err}", err)
-                    continue
-                spelled.append((f"{label} seed {seed}", _planned(cfg, run_dir_for(cfg, runs_dir))))
-    if len(problems) == 1:
-        raise next(iter(problems.values()))
-    if problems:
-        raise ConfigError(
-            f"{len(problems)} configs of this command are not valid; nothing was trained:\n- "
-            + "\n- ".join(problems)
-        )
+        for label, cfg in resolve_configs(name, overrides, preset, grid, seeds, problems):
+            spelled.append((label, _planned(cfg, run_dir_for(cfg, runs_dir))))
+    raise_config_problems(problems)
     seen: dict[Path, str] = {}
     planned = []
     for spelling, p in spelled:
@@ -313,13 +336,29 @@ def _planned(cfg: RunConfig, run_dir: Path, refusal: ResbenchError | None = None
 # How long the runs left would take: images/s that finished runs on this machine recorded
 
 
-SpeedKey = tuple[str, int, int, str]  # block, depth, width, device type
+# What sets a run's speed: the net (block, depth, width), the device type and the precision it ran
+# in, the batch size, and run.compile and run.cuda_graph (a graph replay is several times faster).
+SpeedKey = tuple[str, int, int, str, str, int, bool, bool]
+
+
+def _speed_key(cfg: RunConfig, device: str, precision: str) -> SpeedKey:
+    m = cfg.model
+    return (
+        m.block,
+        m.depth,
+        m.width,
+        device,
+        precision,
+        cfg.optim.batch_size,
+        cfg.run.compile,
+        cfg.run.cuda_graph,
+    )
 
 
 def measured_speeds(runs_dir: Path, host: str) -> dict[SpeedKey, float]:
-    """The median images/s of the finished runs under `runs_dir` that trained on `host`, by net
-    (block, depth, width) and device type. A run whose files cannot be read is left out: it only
-    informs an estimate."""
+    """The median images/s of the finished runs under `runs_dir` that trained on `host`, by what
+    sets the speed (`SpeedKey`). A run whose files cannot be read is left out: it only informs an
+    estimate."""
     speeds: dict[SpeedKey, list[float]] = defaultdict(list)
     for path in sorted(runs_dir.rglob(SUMMARY)) if runs_dir.is_dir() else []:
         run_dir = path.parent
@@ -329,18 +368,25 @@ def measured_speeds(runs_dir: Path, host: str) -> dict[SpeedKey, float]:
         except (ResbenchError, OSError):
             continue
         if recorded_host == host and summary.images_per_sec > 0:
-            m = cfg.model
-            speeds[(m.block, m.depth, m.width, summary.device.split(":")[0])].append(summary.images_per_sec)
+            key = _speed_key(cfg, summary.device.split(":")[0], summary.precision)
+            speeds[key].append(summary.images_per_sec)
     return {key: statistics.median(values) for key, values in speeds.items()}
 
 
 def estimate(p: Planned, speeds: dict[SpeedKey, float], device: str) -> float | None:
-    """Seconds the run's iterations left take at the measured speed of its net on `device` (a
-    device type); None where no finished run measured it."""
+    """Seconds the run's iterations left take at the measured speed of runs like it on `device` (a
+    device type); None where no finished run measured one."""
+    import torch
+
+    from resbench.hardware import resolve_precision
+
     if not p.iterations_left:
         return 0.0
-    m = p.cfg.model
-    speed = speeds.get((m.block, m.depth, m.width, device))
+    try:
+        precision = resolve_precision(p.cfg.run.precision, torch.device(device))
+    except ConfigError:  # bf16 on mps: the run itself will say so
+        return None
+    speed = speeds.get(_speed_key(p.cfg, device, precision))
     return None if speed is None else p.iterations_left * p.cfg.optim.batch_size / speed
 
 

@@ -391,15 +391,20 @@ def load(
 # --------------------------------------------------------------------------------------------
 # Naming a run by its overrides (Hydra's override_dirname): runs/resnet20/optim.lr=0.05/seed0
 
-NAMING_SECTIONS = ("model", "data", "optim", "schedule")  # run.* and analysis.* never name a directory
+NAMING_SECTIONS = ("model", "data", "optim", "schedule")  # analysis.* never names a directory
+# The run.* keys that change the numbers (fp32 and bf16 train differently; so do per-GPU and synced
+# BN statistics); the others (device, seed, compile, eval cadence...) leave them alone.
+NAMING_RUN_KEYS = ("run.precision", "run.sync_bn")
 # Where the images are, not which ones (the checkpoint's data fingerprint says that): like run.device,
 # they name no directory, and a run found under another root is refused as another config, as before.
 NOT_NAMING = ("data.root", "data.download")
 
 
 def names_a_directory(key: str) -> bool:
-    """Whether a dotted key's value, overridden, names the run's directory (`optim.lr` does; `run.seed`,
-    `analysis.every` and `data.root` do not)."""
+    """Whether a dotted key's value, overridden, names the run's directory (`optim.lr` and
+    `run.precision` do; `run.seed`, `analysis.every` and `data.root` do not)."""
+    if key in NAMING_RUN_KEYS:
+        return True
     return key.split(".")[0] in NAMING_SECTIONS and not any(_related(key, k) for k in NOT_NAMING)
 
 

@@ -43,7 +43,7 @@ from rich.text import Text
 
 from resbench.analysis.evaluate import Evaluation
 from resbench.analysis.responses import AnalysisReport
-from resbench.compare import Action, Planned, Report, Status
+from resbench.compare import Action, Planned, Report, Status, overrides_label
 from resbench.config import ModelConfig, RunConfig
 from resbench.experiment import Analysis, CompareDryRun, Comparison, SweepWatcher
 from resbench.models import Architecture, describe
@@ -126,11 +126,12 @@ class _Remaining(TimeRemainingColumn):
 
 
 def run_labels(cfgs: list[RunConfig]) -> list[str]:
-    """The runs as progress lines name them: name and seed, and the overrides too where runs of one
-    name and seed differ only in them (a sweep)."""
+    """The runs as progress lines name them: name and seed, and where runs of one name and seed
+    differ (a sweep), their values of the keys that any of them overrides."""
     plain = [f"{c.run.name} seed {c.run.seed}" for c in cfgs]
+    keys = sorted({e.partition("=")[0] for c in cfgs for e in c.run.overrides})
     return [
-        f"{c.run.name} [{','.join(c.run.overrides)}] seed {c.run.seed}" if plain.count(label) > 1 else label
+        f"{c.run.name} [{overrides_label(c, keys)}] seed {c.run.seed}" if plain.count(label) > 1 else label
         for c, label in zip(cfgs, plain, strict=True)
     ]
 

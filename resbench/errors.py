@@ -54,6 +54,11 @@ class WriteError(ResbenchError, OSError):
         )
 
 
+class CaptureError(ResbenchError):
+    """run.cuda_graph could not capture the step on this GPU; the run stops rather than go on with a
+    batch generator that a failed capture may have left in capture mode."""
+
+
 class Diverged(ResbenchError):
     """The loss, the weights or the BN statistics became NaN or infinite; earlier checkpoints are kept."""
 

@@ -34,13 +34,15 @@ from resbench.compare import (
     load_run,
     measured_speeds,
     plan,
+    raise_config_problems,
+    resolve_configs,
     resolved_value,
     summarise,
 )
 from resbench.config import Device, RunConfig, render_value
 from resbench.errors import ConfigError, Interrupted, ResbenchError
 from resbench.hardware import resolve_device
-from resbench.rundir import Summary, load_config, overrides_dirname, refuse_named_twice, run_dir_for
+from resbench.rundir import Summary, overrides_dirname, refuse_named_twice, run_dir_for
 from resbench.sweep import Event, Outcome, run_all, run_all_ray
 from resbench.tracking import Tracker
 from resbench.train import train as train_run
@@ -65,24 +67,10 @@ def train_seeds(
     """One run per sweep combination and seed (None: the config's own run.seed), in turn, each with
     a fresh `tracker()`. Every config is resolved before the first run trains, and all their errors
     come as one ConfigError, so a bad value stops nothing midway."""
-    runs: list[tuple[str, RunConfig, Path]] = []
-    problems: dict[str, ConfigError] = {}  # by message: every seed of a bad combination says the same
-    for combination in grid.combinations():
-        for s in seeds:
-            seed = [f"run.seed={s}"] if s is not None else []
-            label = f"{config} with {', '.join(combination)}" if combination else config
-            try:  # a run directory's config.yaml is first checked against its last.pt
-                cfg = load_config(config, [*overrides, *combination, *seed], preset)
-            except ConfigError as err:
-                problems.setdefault(f"{label}: {err}", err)
-                continue
-            runs.append((f"{label} seed {cfg.run.seed}", cfg, run_dir_for(cfg, runs_dir)))
-    if len(problems) == 1:
-        raise next(iter(problems.values()))
-    if problems:
-        raise ConfigError(
-            f"{len(problems)} configs are not valid; nothing was trained:\n- " + "\n- ".join(problems)
-        )
+    problems: dict[str, ConfigError] = {}
+    resolved = resolve_configs(config, overrides, preset, grid, seeds, problems)
+    raise_config_problems(problems)
+    runs = [(label, cfg, run_dir_for(cfg, runs_dir)) for label, cfg in resolved]
     refuse_named_twice((label, run_dir) for label, _, run_dir in runs)
     for _, cfg, run_dir in runs:
         yield run_dir, train_run(cfg, run_dir, tracker(), resume=resume, force=force)

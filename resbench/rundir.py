@@ -393,10 +393,11 @@ def _read_json(path: Path, fix: str) -> dict[str, Any]:
     return value
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl, one dict per log point; [] where there is none."""
+def read_metrics(run_dir: Path, torn_tail_ok: bool = False) -> list[dict[str, Any]]:
+    """metrics.jsonl, one dict per log point; [] where there is none. `torn_tail_ok` drops a last
+    record cut short, which a running or killed run can leave."""
     path = run_dir / METRICS
-    return _parse_metrics(path, _read_text(path)) if path.exists() else []
+    return _parse_metrics(path, _read_text(path), torn_tail_ok) if path.exists() else []
 
 
 def truncate_metrics(run_dir: Path, start_iteration: int) -> None:

@@ -35,11 +35,10 @@ from resbench.rundir import (
     LOCK,
     METRICS,
     SUMMARY,
-    _parse_metrics,
-    _read_text,
     is_run_dir,
     read_env,
     read_failure,
+    read_metrics,
     read_run_config,
     read_summary,
 )
@@ -292,9 +291,8 @@ def export(paths: Sequence[Path], out: Path) -> Exported:
 
     def tables() -> Iterator[list[tuple[Any, ...]]]:
         for run_dir, flat in zip(run_dirs, configs, strict=True):
-            path = run_dir / METRICS
             # a torn last line (a kill mid-write, or a run still writing) is not a record yet
-            records = _parse_metrics(path, _read_text(path), torn_tail_ok=True) if path.exists() else []
+            records = read_metrics(run_dir, torn_tail_ok=True)
             labels = tuple(_cell(flat.get(k), types[k]) for k in keys)
             name, seed = flat["run.name"], flat["run.seed"]
             yield [

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resbench.data import Batches
+from resbench.errors import CaptureError
 
 # Eager steps before capture: momentum buffers, gradients and cuDNN's algorithm choices must exist
 # before the graph records them (PyTorch's CUDA-graph notes warm up for 3 iterations).
@@ -66,8 +67,10 @@ class FixedStep:
 
     With `capture` (CUDA only), the first `WARMUP_STEPS` calls run eagerly on a side stream, the
     next one captures the step as a CUDA graph, and every call from then on replays it. If capture
-    fails, `note` gets one line saying why (kept in `failure`) and the steps go on eagerly: the same
-    math either way.
+    fails, CaptureError says why in one line and nothing is saved after it: a failed capture can
+    leave the batch generator (and the current stream) in capture mode, and eager steps after it
+    would silently reuse random draws. The run goes on from its last checkpoint without
+    run.cuda_graph, which may change on resume.
     """
 
     def __init__(
@@ -78,7 +81,6 @@ class FixedStep:
         window: tuple[Tensor, Tensor],
         amp: contextlib.AbstractContextManager[Any],
         capture: bool = False,
-        note: Callable[[str], None] = lambda message: None,
     ) -> None:
         self.forward, self.optimizer, self.batches, self.amp = forward, optimizer, batches, amp
         self.window = window
@@ -88,10 +90,9 @@ class FixedStep:
         for group in optimizer.param_groups:
             group["lr"] = self.lr
         self.lr_value: float | None = None  # what self.lr holds, known on the host
-        self.use_graph, self.note = capture, note
+        self.use_graph = capture
         self.eager_steps = 0
         self.replay: Callable[[], None] | None = None  # the captured graph's replay
-        self.failure: str | None = None
 
     def __call__(self, lr: float) -> None:
         if lr != self.lr_value:  # at the start, at milestones and at the end of the warm-up only
@@ -99,29 +100,25 @@ class FixedStep:
             self.lr_value = lr
         self.batches.turn()
         self.batches.pos += self.batches.batch_size
-        if (
-            self.replay is None
-            and self.use_graph
-            and self.failure is None
-            and self.eager_steps >= WARMUP_STEPS
-        ):
+        if self.replay is None and self.use_graph and self.eager_steps >= WARMUP_STEPS:
             self._capture()
         if self.replay is not None:
             self.replay()
             return
-        with side_stream() if self.use_graph and self.failure is None else contextlib.nullcontext():
+        with side_stream() if self.use_graph else contextlib.nullcontext():
             self._step()
         self.eager_steps += 1
 
     def _capture(self) -> None:
         try:
             self.replay = capture(self._step, self.batches.generator)
-        except Exception as err:  # whatever the failure: say it once, go on eagerly
+        except Exception as err:  # whatever the failure: one line, and no eager steps after it
             reason = (str(err).strip().splitlines() or [""])[0]
-            self.failure = (
-                f"run.cuda_graph: capture failed ({type(err).__name__}: {reason}); going on eagerly"
-            )
-            self.note(self.failure)
+            raise CaptureError(
+                f"run.cuda_graph: capture failed on this GPU ({type(err).__name__}: {reason}). Nothing "
+                "after the last checkpoint is kept. Continue without the graph: the same command with "
+                "--set run.cuda_graph=false --resume (or --force where the run has no checkpoint yet)"
+            ) from err
 
     def _step(self) -> None:
         """What the graph holds. Gradients are zeroed, not freed, so they keep their memory."""

@@ -122,10 +122,10 @@ class RunFiles(Tracker):
                 str(self.run_dir), purge_step=start_iteration + 1 if start_iteration else None
             )
             if start_iteration == 0:
-                self._write_hparams(cfg)
+                self._write_hparams(cfg, env.get("params"))
             self.metrics = open(self.run_dir / METRICS, "a")
 
-    def _write_hparams(self, cfg: RunConfig) -> None:
+    def _write_hparams(self, cfg: RunConfig, params: int | None) -> None:
         """The run's HParams (`hparams_of`) in its own directory (SummaryWriter.add_hparams would make a
         sub-run). Only the session start is written: TensorBoard then builds the table's columns from
         every run's values, so a key is marked as differing where it does, and its metrics from the
@@ -134,8 +134,9 @@ class RunFiles(Tracker):
         with every key marked as not differing."""
         from torch.utils.tensorboard.summary import hparams
 
-        with torch.random.fork_rng(devices=[]):  # building a net draws its init from the global RNG
-            params = count_params(build_model(cfg.model))
+        if params is None:  # a caller without a model at hand (env.json records it for train())
+            with torch.random.fork_rng(devices=[]):  # building a net draws its init from the global RNG
+                params = count_params(build_model(cfg.model))
         _, start, _ = hparams(hparams_of(cfg, params), {})
         self.writer.file_writer.add_summary(start)
 

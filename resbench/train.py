@@ -627,7 +627,7 @@ def _train(
     # be started over. Loading the data and building the model, before, stop at once: nothing written.
     with stop_requests() as stop:
         env = environment(device, s.precision) | s.kernels
-        env |= {"world_size": d.world_size, "data_fingerprint": s.data.fingerprint}
+        env |= {"world_size": d.world_size, "data_fingerprint": s.data.fingerprint, "params": s.params}
         if d.main:
             write_run_files(run_dir, cfg, env)
         for message in s.data.notes:
@@ -638,7 +638,7 @@ def _train(
         fixed = None
         if s.fixed:  # after a resume's restore: the step captures the tensors it was restored into
             window, capture = (state.window_loss, state.window_wrong), s.device.type == "cuda"
-            fixed = FixedStep(s.forward, s.optimizer, s.batches, window, s.amp, capture, tracker.note)
+            fixed = FixedStep(s.forward, s.optimizer, s.batches, window, s.amp, capture)
         for it in range(state.iteration + 1, cfg.schedule.iterations + 1):
             lr = s.schedule.lr(it)
             if fixed is not None:  # the step in the same tensors, captured once and replayed

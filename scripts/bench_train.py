@@ -227,7 +227,11 @@ def main() -> None:
                     flush=True,
                 )
                 if device.type == "cuda":
-                    rates = {v: resbench_loop(cfg, args.steps, scratch, **run) for v, run in VARIANTS.items()}
+                    rounds = [  # interleaved too, the medians shown
+                        {v: resbench_loop(cfg, args.steps, scratch, **run) for v, run in VARIANTS.items()}
+                        for _ in range(args.repeats)
+                    ]
+                    rates = {v: statistics.median(r[v] for r in rounds) for v in VARIANTS}
                     ms = {v: 1000 * cfg.optim.batch_size / r for v, r in rates.items()}
                     variants += [
                         f"{name:10} {precision:9} {v:19} {ms[v]:8.2f} {r:9.0f} {r / rates['eager']:9.2f}"

@@ -48,6 +48,33 @@ def test_the_block_ratio_divides_by_the_shortcut_not_the_input() -> None:
     assert "(||F(x)|| / ||shortcut(x)||; 0% would be the identity)" in summary.findings[0]
 
 
+def test_sweep_values_are_models_of_their_own_not_seeds() -> None:
+    """compare --sweep ... --analyze: runs of one name that differ in their overrides are averaged
+    apart, and plain and residual twins are paired within the same values."""
+
+    def run(name: str, residual: bool, std: float, overrides: tuple[str, ...]) -> RunAnalysis:
+        where = Path(name, *overrides, "seed0")
+        return RunAnalysis(where, name, 20, residual, [LayerResponse(1, "l0", std)], [], overrides)
+
+    wd0 = ("optim.weight_decay=0",)
+    summary = summarise_analyses(
+        [run("plain20", False, 2.0, ()), run("resnet20", True, 1.0, ()),
+         run("plain20", False, 0.5, wd0), run("resnet20", True, 1.0, wd0)]
+    )  # fmt: skip
+    assert sorted((m.name, m.seeds, m.stds[0]) for m in summary.models) == [
+        ("plain20", 1, 2.0),
+        ("plain20 [optim.weight_decay=0]", 1, 0.5),
+        ("resnet20", 1, 1.0),
+        ("resnet20 [optim.weight_decay=0]", 1, 1.0),
+    ]
+    assert [f for f in summary.findings if "x the responses of" in f] == [
+        "plain20 layers have 2.00x the responses of resnet20 (mean std 2.000 vs 1.000): larger, as the "
+        "paper expects",
+        "plain20 [optim.weight_decay=0] layers have 0.50x the responses of resnet20 [optim.weight_decay=0] "
+        "(mean std 0.500 vs 1.000): not larger: against the paper, which expects larger",
+    ]
+
+
 def test_seeds_are_averaged_and_findings_compare_twins() -> None:
     def run(
         name: str, depth: int, residual: bool, stds: list[float], ratio: float | None = None, seed: int = 0

@@ -190,10 +190,10 @@ def test_progress_names_runs_of_a_sweep_by_their_values() -> None:
     from resbench import config
     from resbench.console import run_labels
 
-    cfgs = [config.load("resnet20", [f"optim.weight_decay={wd}", "run.seed=1"]) for wd in (0, 0.001)]
+    cfgs = [config.load("resnet20", [f"optim.weight_decay={wd}", "run.seed=1"]) for wd in (0, 1e-4)]
     cfgs.append(config.load("plain20", ["optim.weight_decay=0", "run.seed=1"]))
     assert run_labels(cfgs) == [
         "resnet20 [optim.weight_decay=0] seed 1",
-        "resnet20 [optim.weight_decay=0.001] seed 1",
+        "resnet20 [optim.weight_decay=0.0001] seed 1",  # the config's own value: no override, but a label
         "plain20 seed 1",
     ]

@@ -88,7 +88,7 @@ def test_train_resolves_every_combination_before_the_first_run_trains(
     assert tmp_path / "resnet20" / "optim.lr=0.05,optim.weight_decay=0" / "seed1" in trained
     trained.clear()
     bad = Grid.parse(["optim.lr=0.1,-1", "optim.weight_decay=0,-1"])
-    with pytest.raises(ConfigError, match=r"3 configs are not valid; nothing was trained") as err:
+    with pytest.raises(ConfigError, match=r"3 configs of this command are not valid; nothing was") as err:
         list(experiment.train_seeds("resnet20", [0, 1], [], None, tmp_path, grid=bad))
     assert "- resnet20 with optim.lr=-1, optim.weight_decay=-1: " in str(err.value) and trained == []
 

@@ -10,12 +10,14 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 from test_compare import FAKE_DIR, FAKE_SETS, TINY, fake_run, fake_sets, sets
 
 from resbench import config, experiment
 from resbench.compare import Grid, load_run, plan, summarise
 from resbench.config import render_value
 from resbench.errors import CompareError, ConfigError, Interrupted
+from resbench.hardware import resolve_precision
 from resbench.report import figure6, write_report
 from resbench.rundir import MAX_OVERRIDES_NAME, rerun_command, run_dir_for
 
@@ -58,6 +60,18 @@ def test_run_and_analysis_keys_never_name_a_directory() -> None:
         "analysis.every=9",
     ]
     assert where("resnet20", *untouched) == Path("runs/resnet20/seed0")
+
+
+def test_the_run_keys_that_change_the_numbers_name_a_directory() -> None:
+    """fp32 and bf16 (or synced BN) train other numbers: two resolved configs, two directories."""
+    assert where("resnet20", "run.precision=fp32") == Path("runs/resnet20/run.precision=fp32/seed0")
+    assert where("resnet20", "run.sync_bn=true", "run.cuda_graph=true") == Path(
+        "runs/resnet20/run.sync_bn=true/seed0"
+    )
+    assert Grid.parse(["run.precision=fp32,bf16"], []).combinations() == [
+        ("run.precision=fp32",),
+        ("run.precision=bf16",),
+    ]
 
 
 def test_a_value_that_follows_from_another_is_not_named() -> None:
@@ -310,7 +324,9 @@ def test_a_key_that_differs_between_models_but_is_not_swept_is_still_refused(tmp
 def finished_here(run_dir: Path, images_per_sec: float) -> None:
     """Make a fake finished run one that trained on this host at `images_per_sec`."""
     summary = json.loads((run_dir / "summary.json").read_text())
-    (run_dir / "summary.json").write_text(json.dumps({**summary, "images_per_sec": images_per_sec}))
+    precision = resolve_precision("auto", torch.device("cpu"))  # as the planned runs resolve here
+    summary |= {"images_per_sec": images_per_sec, "precision": precision}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
     (run_dir / "env.json").write_text(
         json.dumps({"host": socket.gethostname(), "device": "cpu", "starts": []})
     )

@@ -16,6 +16,7 @@ from resbench import config, step
 from resbench.config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig
 from resbench.data import Batches, build_data
 from resbench.dispatch import OpCounter
+from resbench.errors import CaptureError
 from resbench.hardware import autocast, set_kernels
 from resbench.models import build_model
 from resbench.step import WARMUP_STEPS, FixedStep, train_step
@@ -354,29 +355,20 @@ class CapturedAsEager:
         return replay
 
 
-@pytest.mark.parametrize("fail", [False, True], ids=["captured", "capture-fails"])
-def test_capture_after_the_warm_up_steps_then_replays_or_goes_on_eagerly(
-    tiny_cifar10_root: Path, monkeypatch: pytest.MonkeyPatch, fail: bool
+def test_capture_after_the_warm_up_steps_then_replays(
+    tiny_cifar10_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The plumbing around capture, with CUDA's two calls replaced: WARMUP_STEPS eager steps on the
-    side stream, one capture, a replay per step after it; or, where capture fails, one note naming
-    the failure and eager steps from then on. Either way the same numbers as eager steps."""
-    fake, side_streams, notes = CapturedAsEager(fail), [], []
+    side stream, one capture, a replay per step after it; the same numbers as eager steps."""
+    fake, side_streams = CapturedAsEager(), []
     monkeypatch.setattr(step, "capture", fake)
     monkeypatch.setattr(step, "side_stream", lambda: side_streams.append(1) or contextlib.nullcontext())
     model, _, _, fixed, window = fixed_run(tiny_cifar10_root)
-    fixed.use_graph, fixed.note = True, notes.append
+    fixed.use_graph = True
     for it in range(1, STEPS + 1):
         fixed(lr_at(it))
     assert fake.captures == 1 and len(side_streams) == WARMUP_STEPS
-    if fail:
-        assert fake.replays == 0 and fixed.eager_steps == STEPS
-        assert notes == [
-            "run.cuda_graph: capture failed (RuntimeError: CUDA error: operation not permitted when "
-            "stream is capturing); going on eagerly"
-        ]
-    else:
-        assert fake.replays == STEPS - WARMUP_STEPS and fixed.eager_steps == WARMUP_STEPS and notes == []
+    assert fake.replays == STEPS - WARMUP_STEPS and fixed.eager_steps == WARMUP_STEPS
 
     eager_model, _, _, eager, eager_window = fixed_run(tiny_cifar10_root)
     for it in range(1, STEPS + 1):
@@ -386,6 +378,28 @@ def test_capture_after_the_warm_up_steps_then_replays_or_goes_on_eagerly(
         for a, b in zip(*(m.state_dict().values() for m in (model, eager_model)), strict=True)
     )
     assert all(torch.equal(a, b) for a, b in zip(window, eager_window, strict=True))
+
+
+def test_a_failed_capture_stops_with_one_message_and_no_eager_step_after_it(
+    tiny_cifar10_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed capture can leave the batch generator in capture mode, where eager draws repeat: the
+    run stops there (nothing saved after it), naming the failure and the way on without the graph."""
+    fake = CapturedAsEager(fail=True)
+    monkeypatch.setattr(step, "capture", fake)
+    monkeypatch.setattr(step, "side_stream", contextlib.nullcontext)
+    _, _, _, fixed, _ = fixed_run(tiny_cifar10_root)
+    fixed.use_graph = True
+    for it in range(1, WARMUP_STEPS + 1):
+        fixed(lr_at(it))
+    with pytest.raises(CaptureError) as err:
+        fixed(lr_at(WARMUP_STEPS + 1))
+    assert str(err.value).startswith(
+        "run.cuda_graph: capture failed on this GPU (RuntimeError: CUDA error: operation not permitted "
+        "when stream is capturing). Nothing after the last checkpoint is kept."
+    )
+    assert "--set run.cuda_graph=false --resume" in str(err.value)
+    assert fake.captures == 1 and fake.replays == 0 and fixed.eager_steps == WARMUP_STEPS
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,5 +469,5 @@ def test_cuda_graph_replays_train_what_eager_steps_train(tiny_cifar10_root: Path
         replayed, fixed = fixed_steps_on_cuda(tiny_cifar10_root, precision, capture=True)
     finally:
         set_kernels(CPU, deterministic=False)
-    assert fixed.failure is None and fixed.replay is not None and fixed.eager_steps == WARMUP_STEPS
+    assert fixed.replay is not None and fixed.eager_steps == WARMUP_STEPS
     assert all(torch.equal(a, b) for a, b in zip(eager, replayed, strict=True))

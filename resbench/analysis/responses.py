@@ -35,6 +35,7 @@ class RunAnalysis:
     residual: bool
     responses: list[LayerResponse]
     ratios: list[BlockRatio]  # empty for a plain net
+    overrides: tuple[str, ...] = ()  # run.overrides: runs of one sweep differ in them, not in name
 
 
 def analyze_run(
@@ -51,6 +52,7 @@ def analyze_run(
         cfg.model.residual,
         layer_responses(model, x, per_channel),
         block_ratios(model, x),
+        cfg.run.overrides,
     )
 
 
@@ -68,6 +70,7 @@ class ModelResponses:
     seeds: int
     stds: list[float]  # per layer, network order
     median_ratio: float | None  # median over blocks of ||F(x)|| / ||shortcut(x)||, residual nets only
+    overrides: tuple[str, ...] = ()  # the sweep values `name` shows: twins are paired within them
 
     @property
     def mean_std(self) -> float:
@@ -85,14 +88,16 @@ class AnalysisReport:
 
 
 def summarise_analyses(analyses: list[RunAnalysis]) -> AnalysisReport:
-    """Average the runs of each model (by run name) layer by layer; runs of one name must share
-    an architecture, or their layers would be averaged with another net's."""
+    """Average the runs of each model (by run name and overrides: the values of a sweep are not
+    seeds) layer by layer; runs of one name must share an architecture, or their layers would be
+    averaged with another net's."""
     refuse_named_twice((str(a.run_dir), a.run_dir) for a in analyses)
-    groups: dict[str, list[RunAnalysis]] = defaultdict(list)
-    for a in analyses:
-        groups[a.name].append(a)
+    shared = set.intersection(*(set(a.overrides) for a in analyses)) if analyses else set()
+    groups: dict[tuple[str, tuple[str, ...]], list[RunAnalysis]] = defaultdict(list)
+    for a in analyses:  # what every run overrides alike tells none apart: names show the rest
+        groups[a.name, tuple(e for e in a.overrides if e not in shared)].append(a)
     models = []
-    for name, group in groups.items():
+    for (name, overrides), group in groups.items():
         if len({(a.depth, a.residual, len(a.responses)) for a in group}) > 1:
             raise ConfigError(
                 f"runs named {name} are different nets: "
@@ -105,12 +110,13 @@ def summarise_analyses(analyses: list[RunAnalysis]) -> AnalysisReport:
         ratios = [b.ratio for a in group for b in a.ratios]
         models.append(
             ModelResponses(
-                name,
+                f"{name} [{','.join(overrides)}]" if overrides else name,
                 group[0].depth,
                 group[0].residual,
                 len(group),
                 stds,
                 statistics.median(ratios) if ratios else None,
+                overrides,
             )
         )
     models.sort(key=lambda m: (m.residual, m.depth))
@@ -126,7 +132,8 @@ def _findings(models: list[ModelResponses]) -> list[str]:
                 "(||F(x)|| / ||shortcut(x)||; 0% would be the identity)"
             )
     for m in (m for m in models if m.residual):
-        twin = next((p for p in models if not p.residual and p.depth == m.depth), None)
+        plain = [p for p in models if not p.residual and p.overrides == m.overrides]
+        twin = next((p for p in plain if p.depth == m.depth), None)
         if twin is not None:
             factor = twin.mean_std / m.mean_std
             verdict = "larger, as the paper expects"
@@ -136,8 +143,10 @@ def _findings(models: list[ModelResponses]) -> list[str]:
                 f"{twin.name} layers have {factor:.2f}x the responses of {m.name} "
                 f"(mean std {twin.mean_std:.3f} vs {m.mean_std:.3f}): {verdict}"
             )
-    residual = sorted((m for m in models if m.residual), key=lambda m: m.depth)
+    residual = sorted((m for m in models if m.residual), key=lambda m: (m.overrides, m.depth))
     for shallow, deep in pairwise(residual):
+        if shallow.overrides != deep.overrides:  # deeper within one set of sweep values only
+            continue
         smaller = deep.mean_std < shallow.mean_std
         lines.append(
             f"{deep.name} has {'smaller' if smaller else 'larger'} responses than {shallow.name} "
