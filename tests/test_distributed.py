@@ -71,9 +71,10 @@ def tiny_sets(root: Path, iterations: int = 60) -> list[str]:
     ]
 
 
-def run_of(runs: Path, root: Path, iterations: int = 60) -> Path:
-    """The run directory `torchrun(runs, root, iterations=...)` trains: named by its --set values."""
-    return run_dir_for(config.load("resnet20", tiny_sets(root, iterations)), runs)
+def run_of(runs: Path, root: Path, *sets: str, iterations: int = 60) -> Path:
+    """The run directory `torchrun(runs, root, "--set", S, ..., iterations=...)` trains: named by its
+    --set values."""
+    return run_dir_for(config.load("resnet20", [*tiny_sets(root, iterations), *sets]), runs)
 
 
 @pytest.fixture
@@ -115,7 +116,7 @@ def test_a_stopped_ddp_run_resumes_to_the_same_weights(odd_root: Path, tmp_path:
     straight = torchrun(tmp_path / "a", odd_root, iterations=400)
     assert straight.wait(timeout=300) == 0
     stopped = torchrun(tmp_path / "b", odd_root, iterations=400)
-    a, b = run_of(tmp_path / "a", odd_root, 400), run_of(tmp_path / "b", odd_root, 400)
+    a, b = run_of(tmp_path / "a", odd_root, iterations=400), run_of(tmp_path / "b", odd_root, iterations=400)
     metrics = b / "metrics.jsonl"
     deadline = time.time() + 120
     while not (metrics.exists() and metrics.read_text().count("\n") >= 3) and time.time() < deadline:
@@ -165,7 +166,7 @@ def test_torchrun_reports_the_errors_of_the_saved_model(
     proc = torchrun(tmp_path, many_test_images_root, "--set", "run.precision=fp32")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    run = run_of(tmp_path, many_test_images_root)
+    run = run_of(tmp_path, many_test_images_root, "run.precision=fp32")  # it names the directory too
     summary, result = read_summary(run), evaluate_run(run)
     (test,) = result.splits
     # One process evaluating last.pt gives, to the bit, what the two ranks reported together.
