@@ -3,7 +3,7 @@ verdict computed from the data.
 
     Grid.parse(["optim.lr=0.1,0.05"])                     -> Grid           `--sweep`: values per key
     plan(names, seeds, overrides, preset, runs_dir, grid) -> list[Planned]  the runs, or why not
-    plan(..., keep_refusals=True)                         -> list[Planned]  every run, refusals kept
+    plan_runs(...)                                        -> list[Planned]  every run, refusals kept
     estimate(planned, speeds, device)                     -> seconds        `--dry-run`'s estimates
     load_run(run_dir)                                     -> RunRecord      a finished run from disk
     summarise(records)                                    -> Report         rows, curves, findings
@@ -204,13 +204,10 @@ def plan(
     preset: str | None,
     runs_dir: Path,
     grid: Grid = NO_SWEEP,
-    keep_refusals: bool = False,
 ) -> list[Planned]:
-    """One run per (name, sweep combination, seed), or the first reason the command cannot go on.
-    `keep_refusals` (`--dry-run`) returns every run with its refusal instead (`plan_runs`)."""
+    """One run per (name, sweep combination, seed), or the first reason the command cannot go on
+    (`--dry-run` takes `plan_runs`: every run with its refusal)."""
     planned = plan_runs(names, seeds, overrides, preset, runs_dir, grid)
-    if keep_refusals:
-        return planned
     if refused := [p.refusal for p in planned if p.refusal is not None and p.state != "started"]:
         raise refused[0]
     if started := [p.run_dir for p in planned if p.state == "started"]:

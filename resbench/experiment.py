@@ -34,6 +34,7 @@ from resbench.compare import (
     load_run,
     measured_speeds,
     plan,
+    plan_runs,
     raise_config_problems,
     resolve_configs,
     resolved_value,
@@ -253,7 +254,7 @@ def plan_compare(
     time from the images/s that finished runs under `runs_dir` recorded on this host, for the same
     net and device type. It reads run directories and writes nothing. A bad config is a
     ConfigError, as it is for the real command."""
-    planned = plan(names, seeds, overrides, preset, runs_dir, grid, keep_refusals=True)
+    planned = plan_runs(names, seeds, overrides, preset, runs_dir, grid)
     if not train_missing:
         planned = [
             p
