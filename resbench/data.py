@@ -161,22 +161,23 @@ class Batches:
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 normalized images (B, 3, 32, 32) and int64 labels (B,)."""
-        self.turn()
-        self.pos += self.batch_size
+        self.advance()
         return self.take()
 
-    def turn(self) -> None:
-        """Start a new epoch if the next batch does not fit (the partial batch left over is dropped):
-        a fresh order, drawn now and written into the same buffer."""
+    def advance(self) -> None:
+        """The host's side of the next batch: a new epoch if it does not fit (the partial batch left
+        over is dropped), a fresh order drawn now and written into the same buffer; then `pos` moves
+        on. `take` does the device's side, which a CUDA graph can replay."""
         n = len(self.perm)
         if self.pos + self.batch_size > n:
             self.perm.copy_(torch.randperm(n, generator=self.generator, device=self.perm.device))
             self.pos, self.epoch = 0, self.epoch + 1
             self.cursor.zero_()
+        self.pos += self.batch_size
 
     def take(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch at the cursor, and the cursor moved on. Device work only, in tensors that stay
-        where they are, so a CUDA graph can replay it; `next` is `turn`, `pos` moved on, `take`."""
+        where they are, so a CUDA graph can replay it; `next` is `advance`, then `take`."""
         index = self.perm.index_select(0, self.cursor + self.offsets)
         self.cursor += self.batch_size
         images = self.data.normalize(self.data.train.images[index])

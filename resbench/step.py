@@ -98,8 +98,7 @@ class FixedStep:
         if lr != self.lr_value:  # at the start, at milestones and at the end of the warm-up only
             self.lr.fill_(lr)
             self.lr_value = lr
-        self.batches.turn()
-        self.batches.pos += self.batches.batch_size
+        self.batches.advance()  # eagerly, between replays: a new epoch's order
         if self.replay is None and self.use_graph and self.eager_steps >= WARMUP_STEPS:
             self._capture()
         if self.replay is not None:
