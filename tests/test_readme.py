@@ -104,7 +104,7 @@ def test_every_readme_command_resolves_its_configs(
     import resbench.experiment
 
     loaded: list[config.RunConfig] = []
-    load, plan = config.load, resbench.experiment.plan
+    load, plan, plan_runs = config.load, resbench.experiment.plan, resbench.experiment.plan_runs
 
     def recording_load(*args: Any, **kwargs: Any) -> config.RunConfig:
         loaded.append(load(*args, **kwargs))
@@ -117,11 +117,16 @@ def test_every_readme_command_resolves_its_configs(
         plan(*args, **kwargs)
         raise Resolved
 
+    def plan_runs_then_stop(*args: Any, **kwargs: Any) -> None:  # compare --dry-run
+        plan_runs(*args, **kwargs)
+        raise Resolved
+
     monkeypatch.chdir(tmp_path)  # no runs/ here: nothing is reused, nothing written
     monkeypatch.setattr(config, "load", recording_load)
     monkeypatch.setattr("resbench.rundir.load", recording_load)  # rundir.load_config: train, compare
     monkeypatch.setattr(resbench.experiment, "train_run", stop)
     monkeypatch.setattr(resbench.experiment, "plan", plan_then_stop)
+    monkeypatch.setattr(resbench.experiment, "plan_runs", plan_runs_then_stop)
     result = cli(*command.args)
     if command.exit_code:
         assert result.exit_code == command.exit_code and "Traceback" not in result.output
