@@ -6,7 +6,7 @@ analysis/responses.py measures a trained run's final model with the same functio
     layer_responses(model, images)  -> list[LayerResponse]   std of every 3x3 conv's BN output
     block_ratios(model, images)     -> list[BlockRatio]      ||F(x)|| / ||shortcut(x)|| per residual block
     fixed_test_images(data, count)  -> Tensor                what both measure on
-    TrainingProbe(model, images)()  -> (scalars, histograms) both, right after a training step
+    TrainingProbe(model, images)()  -> (scalars, vectors) all of them, right after a training step
 
 §4.2 of the paper ("Analysis of Layer Responses"): the response of a layer is the standard
 deviation of its 3x3 conv's output after BN and before the ReLU or the addition. Everything is
@@ -103,19 +103,29 @@ def layer_responses(
     ]
 
 
-@torch.no_grad()
-def block_ratios(model: nn.Module, images: Tensor, batch_size: int = 500) -> list[BlockRatio]:
-    """For each residual block, ||F(x)|| / ||shortcut(x)|| over `images`: how much it changes its input."""
-    blocks = [
+def residual_blocks(model: nn.Module) -> list[tuple[str, BasicBlock | Bottleneck]]:
+    """(name, block) for every block with a shortcut, in network order; none in a plain net."""
+    return [
         (n, b)
         for n, b in model.named_modules()
         if isinstance(b, (BasicBlock, Bottleneck)) and b.shortcut is not None
     ]
-    branch_end = [(n, b.bn2 if isinstance(b, BasicBlock) else b.bn3) for n, b in blocks]
+
+
+def branch_end(block: BasicBlock | Bottleneck) -> nn.BatchNorm2d:
+    """The BN that ends a block's residual branch: F(x) is its output."""
+    return block.bn2 if isinstance(block, BasicBlock) else block.bn3
+
+
+@torch.no_grad()
+def block_ratios(model: nn.Module, images: Tensor, batch_size: int = 500) -> list[BlockRatio]:
+    """For each residual block, ||F(x)|| / ||shortcut(x)|| over `images`: how much it changes its input."""
+    blocks = residual_blocks(model)
+    branch_end_bns = [(n, branch_end(b)) for n, b in blocks]
     model.eval()
     branch_sq: dict[str, float] = defaultdict(float)
     shortcut_sq: dict[str, float] = defaultdict(float)
-    with _capture(branch_end) as branch, _capture([(n, b.shortcut) for n, b in blocks]) as shortcut:
+    with _capture(branch_end_bns) as branch, _capture([(n, b.shortcut) for n, b in blocks]) as shortcut:
         for start in range(0, len(images), batch_size):
             model(images[start : start + batch_size])
             for name, _ in blocks:
@@ -124,20 +134,28 @@ def block_ratios(model: nn.Module, images: Tensor, batch_size: int = 500) -> lis
     return [BlockRatio(name, (branch_sq[name] / shortcut_sq[name]) ** 0.5) for name, _ in blocks]
 
 
-def fixed_test_images(data: Data, count: int) -> Tensor:
-    """A fixed, seeded sample of test images (the same for every run on the same data), normalised.
-    Asking for more images than the test set holds is refused: the numbers would be measured on fewer."""
+def fixed_test_indices(data: Data, count: int) -> Tensor:
+    """A fixed, seeded pick of `count` test images (the same for every run on the same data), as
+    indices on the test set's device. Asking for more images than the test set holds is refused: the
+    numbers would be measured on fewer."""
     if count > len(data.test):
         raise ConfigError(
-            f"{count:,} test images asked for the layer responses (--images or analysis.images), but the "
-            f"test set has {len(data.test):,}: ask for {len(data.test):,} or fewer"
+            f"{count:,} test images asked for (--images or analysis.images), but the test set has "
+            f"{len(data.test):,}: ask for {len(data.test):,} or fewer"
         )
     pick = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(0))[:count]
-    return data.normalize(data.test.images[pick.to(data.test.images.device)])
+    return pick.to(data.test.images.device)
+
+
+def fixed_test_images(data: Data, count: int) -> Tensor:
+    """The images of `fixed_test_indices`, normalised: what the responses are measured on."""
+    return data.normalize(data.test.images[fixed_test_indices(data, count)])
 
 
 class TrainingProbe:
-    """Response stds and gradient norms of the 3x3 layers during training (`analysis.every`).
+    """During training (`analysis.every`): the response std and weight-gradient norm of each 3x3
+    layer, and for each residual block ||F(x)|| / ||shortcut(x)|| and ||gamma|| of its branch's last BN
+    (how far weight decay has pushed the block toward the identity).
 
     It runs the model in eval mode without gradients and reads `.grad`, so it changes neither the
     RNG nor BN statistics, and a resumed run stays bit-identical. Call it right after a step.
@@ -146,15 +164,22 @@ class TrainingProbe:
     def __init__(self, model: nn.Module, images: Tensor) -> None:
         self.model, self.images = model, images
         self.convs = [conv for _, conv, _ in response_layers(model)]
+        self.gammas = [branch_end(b).weight for _, b in residual_blocks(model)]
 
     def __call__(self) -> tuple[dict[str, float], dict[str, Tensor]]:
         stds = torch.tensor([r.std for r in layer_responses(self.model, self.images)])
+        vectors = {"responses": stds}
+        if self.gammas:
+            vectors["block_ratio"] = torch.tensor([r.ratio for r in block_ratios(self.model, self.images)])
+            vectors["branch_gamma"] = torch.stack([g.detach().float().norm() for g in self.gammas]).cpu()
         self.model.train()
-        grads = grad_norms(self.convs).float().cpu()
+        vectors["grad_norm"] = grads = grad_norms(self.convs).float().cpu()
         positions = {"first": 0, "middle": len(stds) // 2, "last": len(stds) - 1}
         scalars = {f"responses/{k}": float(stds[i]) for k, i in positions.items()}
         scalars |= {f"grad_norm/{k}": float(grads[i]) for k, i in positions.items()}
-        return scalars, {"responses": stds, "grad_norm": grads}
+        if self.gammas:
+            scalars["block_ratio/median"] = float(vectors["block_ratio"].quantile(0.5))
+        return scalars, vectors
 
 
 def grad_norms(convs: list[nn.Conv2d]) -> Tensor:

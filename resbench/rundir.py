@@ -49,6 +49,7 @@ CONFIG = "config.yaml"
 CHECKPOINT = "last.pt"
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
+PROBES = "probes.jsonl"  # per-layer and per-block vectors at each `analysis.every` point
 ENV = "env.json"
 LOCK = ".lock"
 FAILED = "failed.json"  # written by train() when a run diverges, for `resbench runs`
@@ -400,25 +401,42 @@ def read_metrics(run_dir: Path, torn_tail_ok: bool = False) -> list[dict[str, An
     return _parse_metrics(path, _read_text(path), torn_tail_ok) if path.exists() else []
 
 
+def read_probes(run_dir: Path, torn_tail_ok: bool = False) -> list[dict[str, Any]]:
+    """probes.jsonl, one dict per analysis point: `analysis/<what>` -> a list of numbers, one per 3x3
+    layer (responses, grad_norm) or per residual block (block_ratio, branch_gamma), in network order
+    (probe.response_layers, probe.residual_blocks); [] where there is none."""
+    path = run_dir / PROBES
+    return _parse_metrics(path, _read_text(path), torn_tail_ok, vectors=True) if path.exists() else []
+
+
 def truncate_metrics(run_dir: Path, start_iteration: int) -> None:
-    """Drop lines logged after the checkpoint we resume from (they will be logged again)."""
-    path = run_dir / METRICS
-    if not path.exists():
-        return
-    text = _read_text(path)
-    records = _parse_metrics(path, text, torn_tail_ok=True)
-    kept = "".join(json.dumps(r) + "\n" for r in records if r["iteration"] <= start_iteration)
-    if kept != text:  # the same format RunFiles.log writes: unchanged lines stay byte-identical
-        with writing(path.parent):
-            atomic_write(path, kept)
+    """Drop lines logged after the checkpoint we resume from (they will be logged again), in
+    metrics.jsonl and probes.jsonl."""
+    for name, vectors in ((METRICS, False), (PROBES, True)):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        text = _read_text(path)
+        records = _parse_metrics(path, text, torn_tail_ok=True, vectors=vectors)
+        kept = "".join(json.dumps(r) + "\n" for r in records if r["iteration"] <= start_iteration)
+        if kept != text:  # the same format RunFiles writes: unchanged lines stay byte-identical
+            with writing(path.parent):
+                atomic_write(path, kept)
 
 
-_RECORD = '{"iteration": '  # how every line RunFiles.log writes begins
+_RECORD = '{"iteration": '  # how every line RunFiles writes begins
 
 
-def _parse_metrics(path: Path, text: str, torn_tail_ok: bool = False) -> list[dict[str, Any]]:
-    """Each line a JSON object with an integer iteration and numbers. `torn_tail_ok` drops the start
-    of a record cut short by a kill mid-write (on resume it is logged again)."""
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _parse_metrics(
+    path: Path, text: str, torn_tail_ok: bool = False, vectors: bool = False
+) -> list[dict[str, Any]]:
+    """Each line a JSON object with an integer iteration and numbers (lists of numbers with
+    `vectors`). `torn_tail_ok` drops the start of a record cut short by a kill mid-write (on resume it
+    is logged again)."""
     records = []
     lines = text.splitlines(keepends=True)
     for number, line in enumerate(lines, 1):
@@ -431,13 +449,17 @@ def _parse_metrics(path: Path, text: str, torn_tail_ok: bool = False) -> list[di
         if (
             isinstance(record, dict)
             and type(record.get("iteration")) is int
-            and all(isinstance(v, (int, float)) for v in record.values())
+            and all(
+                k == "iteration" or (isinstance(v, list) and all(map(_number, v)) if vectors else _number(v))
+                for k, v in record.items()
+            )
         ):
             records.append(record)
         elif torn_tail_ok and number == len(lines) and not line.endswith("\n") and line.startswith(_RECORD):
             break
         else:
-            raise _damaged(path, f"line {number} is not a metrics record: {line.strip()[:80]!r}", _RETRAIN)
+            what = "an analysis record" if vectors else "a metrics record"
+            raise _damaged(path, f"line {number} is not {what}: {line.strip()[:80]!r}", _RETRAIN)
     return records
 
 

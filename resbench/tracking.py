@@ -29,7 +29,7 @@ import resbench
 from resbench.config import RunConfig, flatten
 from resbench.files import atomic_write
 from resbench.models import build_model, count_params
-from resbench.rundir import METRICS, SUMMARY, Summary, truncate_metrics, writing
+from resbench.rundir import METRICS, PROBES, SUMMARY, Summary, truncate_metrics, writing
 
 # --------------------------------------------------------------------------------------------
 # Trackers
@@ -103,12 +103,14 @@ class Trackers(Tracker):
 
 
 class RunFiles(Tracker):
-    """TensorBoard events, metrics.jsonl and summary.json in the run directory."""
+    """TensorBoard events, metrics.jsonl, probes.jsonl (with `analysis.every`) and summary.json in
+    the run directory."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self.writer: Any = None
         self.metrics: IO[str] | None = None
+        self.probes: IO[str] | None = None  # opened at the first analysis point
 
     def start(self, cfg: RunConfig, start_iteration: int, env: Mapping[str, Any]) -> None:
         from torch.utils.tensorboard import SummaryWriter  # imported late: it pulls in TensorBoard
@@ -149,15 +151,23 @@ class RunFiles(Tracker):
             self.flush()
 
     def histograms(self, iteration: int, values: Mapping[str, Any]) -> None:
+        """TensorBoard histograms, and the vectors themselves in probes.jsonl: a histogram forgets
+        which layer had which value, and the figures of layer x iteration need it."""
         with writing(self.run_dir):
             for tag, value in values.items():
                 self.writer.add_histogram(tag, value, iteration)
+            if self.probes is None:
+                self.probes = open(self.run_dir / PROBES, "a")
+            vectors = {tag: [float(v) for v in value] for tag, value in values.items()}
+            self.probes.write(json.dumps({"iteration": iteration, **vectors}) + "\n")
 
     def flush(self) -> None:
         with writing(self.run_dir):
             self.writer.flush()
-            self.metrics.flush()
-            os.fsync(self.metrics.fileno())
+            for file in (self.metrics, self.probes):
+                if file is not None:
+                    file.flush()
+                    os.fsync(file.fileno())
 
     def finish(self, summary: Summary) -> None:
         from torch.utils.tensorboard.summary import hparams
@@ -172,10 +182,12 @@ class RunFiles(Tracker):
             try:
                 self.flush()
             finally:
-                writer, metrics, self.writer, self.metrics = self.writer, self.metrics, None, None
+                files = [f for f in (self.metrics, self.probes) if f is not None]
+                writer, self.writer, self.metrics, self.probes = self.writer, None, None, None
                 with writing(self.run_dir):
                     writer.close()
-                    metrics.close()
+                    for file in files:
+                        file.close()
 
 
 def hparams_of(cfg: RunConfig, params: int) -> dict[str, float | str]:

@@ -16,6 +16,7 @@ from test_probe import net
 
 from resbench import config
 from resbench.analysis.responses import ModelResponses, RunAnalysis, analyze_run, summarise_analyses
+from resbench.data import build_data
 from resbench.errors import ConfigError
 from resbench.probe import LayerResponse, block_ratios
 from resbench.report import figure7, write_analysis
@@ -156,6 +157,45 @@ def test_training_logs_responses_and_gradient_norms(trained: Path) -> None:
         for where in ("first", "middle", "last"):
             assert [e.step for e in events.Scalars(f"analysis/{scalar}/{where}")] == [10, 20]
     assert all(e.value > 0 for e in events.Scalars("analysis/grad_norm/last"))
+
+
+def test_training_writes_the_vectors_layer_by_layer_to_probes_jsonl(trained: Path) -> None:
+    """probes.jsonl keeps what a histogram loses: which layer, which block. At the last iteration the
+    model probed is the saved one, so its block ratios and branch gammas are last.pt's."""
+    from resbench.analysis.trained import final_model
+    from resbench.probe import fixed_test_images
+    from resbench.rundir import read_probes
+
+    plain, resnet = (read_probes(trained / n / "seed0") for n in ("plain20", "resnet20"))
+    assert [p["iteration"] for p in resnet] == [p["iteration"] for p in plain] == [10, 20]
+    assert set(plain[0]) == {"iteration", "analysis/responses", "analysis/grad_norm"}
+    assert all(len(p["analysis/responses"]) == len(p["analysis/grad_norm"]) == 18 for p in plain + resnet)
+    assert all(len(p["analysis/block_ratio"]) == len(p["analysis/branch_gamma"]) == 9 for p in resnet)
+    assert resnet[0]["analysis/grad_norm"] != resnet[1]["analysis/grad_norm"]
+
+    cfg, model, _ = final_model(trained / "resnet20" / "seed0")
+    data = build_data(cfg.data, torch.device("cpu"))
+    ratios = [r.ratio for r in block_ratios(model, fixed_test_images(data, cfg.analysis.images))]
+    assert resnet[-1]["analysis/block_ratio"] == pytest.approx(ratios, rel=1e-5)
+    blocks = [b for stage in (model.stage1, model.stage2, model.stage3) for b in stage]
+    gammas = [b.bn2.weight.norm().item() for b in blocks]
+    assert resnet[-1]["analysis/branch_gamma"] == pytest.approx(gammas, rel=1e-6)
+
+
+def test_a_damaged_probes_jsonl_is_named(trained: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from resbench.errors import RunDirError
+    from resbench.rundir import read_probes, truncate_metrics
+
+    run = shutil.copytree(trained / "resnet20" / "seed0", tmp_path / "run")
+    with (run / "probes.jsonl").open("a") as f:
+        f.write('{"iteration": 30, "analysis/responses": "oops"}\n')
+    with pytest.raises(RunDirError, match=r"probes.jsonl.*line 3 is not an analysis record"):
+        read_probes(run)
+    (run / "probes.jsonl").write_text((trained / "resnet20" / "seed0" / "probes.jsonl").read_text())
+    truncate_metrics(run, 15)  # a resume from iteration 15 logs 20 again
+    assert [p["iteration"] for p in read_probes(run)] == [10]
 
 
 def test_the_probe_keeps_resume_exact(learnable_root: Path, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from resbench import checkpoint, config
 from resbench.distributed import Dist
 from resbench.errors import ConfigError, Diverged, Interrupted, RunDirError
 from resbench.hardware import set_kernels
-from resbench.rundir import RESUMABLE_CHANGES, RunLock, read_metrics, read_summary, run_dir_for
+from resbench.rundir import RESUMABLE_CHANGES, RunLock, read_metrics, read_probes, read_summary, run_dir_for
 from resbench.tracking import Tracker
 from resbench.train import (
     LrSchedule,
@@ -132,6 +132,9 @@ RESUME = [
     "run.log_every=4",
     "run.eval_every=6",
     "run.checkpoint_every=8",
+    # probes at 3, 6, ...: on eval points (6, 12), a checkpoint (24) and the last iteration (30)
+    "analysis.every=3",
+    "analysis.images=16",
 ]
 TIMING = {"wall_time", "window_time", "step_time", "images_per_sec", "perf/images_per_sec"}
 
@@ -148,9 +151,11 @@ def untimed(x: object) -> object:
 
 
 def assert_same_run(a: Path, b: Path) -> None:
-    """The same weights, buffers, optimiser and RNG states, metrics.jsonl and summary.json, timings aside."""
+    """The same weights, buffers, optimiser and RNG states, metrics.jsonl, probes.jsonl and
+    summary.json, timings aside."""
     assert untimed(checkpoint.load(a / "last.pt")) == untimed(checkpoint.load(b / "last.pt"))
     assert untimed(read_metrics(a)) == untimed(read_metrics(b))
+    assert read_probes(a) == read_probes(b)
     summary = lambda run: untimed(json.loads((run / "summary.json").read_text()))  # noqa: E731
     assert summary(a) == summary(b)
 
@@ -430,12 +435,16 @@ def test_a_checkpoint_from_before_issue_9_resumes_exactly(one_go, tmp_path: Path
 
 
 def test_a_kill_after_a_checkpoint_loses_no_record_before_it(one_go) -> None:
-    """metrics.jsonl and the TensorBoard events are on disk before each checkpoint is written."""
+    """metrics.jsonl, probes.jsonl and the TensorBoard events are on disk before each checkpoint is
+    written."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     _, _, killed = one_go
     run = killed[8]  # logged at 4 and 8, evaluated (and flushed) at 6: unflushed, 8 would be lost
-    assert [m["iteration"] for m in read_metrics(run)] == [4, 6, 8]
+    records = read_metrics(run)
+    assert [m["iteration"] for m in records if "analysis/responses/first" not in m] == [4, 6, 8]
+    assert [m["iteration"] for m in records if "analysis/responses/first" in m] == [3, 6]
+    assert [p["iteration"] for p in read_probes(run)] == [3, 6]
     events = EventAccumulator(str(run))
     events.Reload()
     assert [e.step for e in events.Scalars("error/train")] == [4, 8]
@@ -530,8 +539,11 @@ def test_what_may_change_on_resume_changes_nothing_computed(one_go, tmp_path: Pa
         set_kernels(torch.device("cpu"), deterministic=False)
     a, b = (untimed(checkpoint.load(r / "last.pt") | {"config": None}) for r in (done, run))
     assert a == b
-    metrics = [m for m in untimed(read_metrics(run)) if not any(k.startswith("analysis/") for k in m)]
-    assert metrics == untimed(read_metrics(done))
+    metrics = [
+        [m for m in untimed(read_metrics(r)) if not any(k.startswith("analysis/") for k in m)]
+        for r in (run, done)
+    ]
+    assert metrics[0] == metrics[1]
     assert untimed(read_summary(run).__dict__) == untimed(read_summary(done).__dict__)
 
 
