@@ -21,7 +21,9 @@ from typer.core import TyperGroup
 from resbench import config as config_mod
 from resbench import console, experiment
 from resbench import runs as runs_mod
+from resbench.analysis.construct import deepen_run
 from resbench.analysis.evaluate import evaluate_run
+from resbench.analysis.lesion import DRAWS, IMAGES, K_MAX, SEED, LesionOptions
 from resbench.cifar import prepare
 from resbench.compare import Grid
 from resbench.config import Dataset, Device, clip
@@ -250,7 +252,11 @@ def compare(
     ),
     out: Annotated[Path | None, typer.Option(help="Report folder (default: reports/<names>/).")] = None,
     analyze: Annotated[
-        bool, typer.Option("--analyze", help="Add Figure 7 (layer responses) and their stats to the report.")
+        bool,
+        typer.Option(
+            "--analyze",
+            help="Add Figure 7 (layer responses) and the lesion study (analyze --lesion) to the report.",
+        ),
     ] = False,
     backend: Annotated[
         Backend, typer.Option(help="local: a process pool (--jobs); ray: Ray tasks.")
@@ -308,19 +314,42 @@ def compare(
 @app.command()
 def analyze(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (runs/NAME/seedK) with a last.pt.")],
-    out: Annotated[Path, typer.Option(help="Where figure7.png/.svg and layers.csv go.")] = Path(
-        "reports/analysis"
-    ),
+    out: Annotated[
+        Path,
+        typer.Option(help="Where figure7.png/.svg, layers.csv and with --lesion lesion.png/.svg/.csv go."),
+    ] = Path("reports/analysis"),
     images: Annotated[int, typer.Option(help="Fixed, seeded test images to measure on.")] = 1000,
     per_channel: Annotated[
         bool, typer.Option("--per-channel", help="Also take each layer's std per channel, then the mean.")
     ] = False,
     device: Annotated[Device, typer.Option(help="auto picks cuda, then mps, then cpu.")] = "auto",
+    lesion: Annotated[
+        bool,
+        typer.Option("--lesion", help="Also delete blocks at test time (Veit et al. 2016): lesion.png/.csv."),
+    ] = False,
+    lesion_k: Annotated[
+        int | None, typer.Option(help=f"With --lesion: delete k = 1..K random blocks (default {K_MAX}).")
+    ] = None,
+    lesion_draws: Annotated[
+        int | None, typer.Option(help=f"With --lesion: seeded draws per k (default {DRAWS}).")
+    ] = None,
+    lesion_images: Annotated[
+        int | None, typer.Option(help=f"With --lesion: fixed, seeded test images (default {IMAGES:,}).")
+    ] = None,
+    lesion_seed: Annotated[
+        int | None, typer.Option(help=f"With --lesion: seed of the random draws (default {SEED}).")
+    ] = None,
 ) -> None:
-    """Layer responses (Figure 7) and how close each residual block is to the identity."""
+    """Layer responses (Figure 7) and how close each residual block is to the identity; with --lesion,
+    the test error with blocks deleted (Veit et al. 2016)."""
     with user_errors():
+        values = {"k_max": lesion_k, "draws": lesion_draws, "images": lesion_images, "seed": lesion_seed}
+        given = {field: value for field, value in values.items() if value is not None}
+        if given and not lesion:
+            raise ConfigError("--lesion-k, --lesion-draws, --lesion-images and --lesion-seed need --lesion")
+        options = LesionOptions(**given) if lesion else None  # checks them: exit 2 before any run is read
         refuse_non_run_dirs(run_dirs)
-        console.print_analysis(experiment.analyze(run_dirs, out, images, per_channel, device))
+        console.print_analysis(experiment.analyze(run_dirs, out, images, per_channel, device, options))
 
 
 def refuse_non_run_dirs(paths: list[Path]) -> None:
@@ -340,11 +369,15 @@ def evaluate_runs(
         typer.Option("--set", "-s", help="data.root=DIR: evaluate on another copy of the data (repeatable)."),
     ] = None,
     device: Annotated[Device | None, typer.Option(help="Default: the run's run.device.")] = None,
+    split: Annotated[
+        Literal["test", "train"],
+        typer.Option(help="test (and val), or train: eval mode on the un-augmented training split."),
+    ] = "test",
 ) -> None:
     """Evaluate each run's final model (last.pt) in one process, beside what summary.json recorded."""
     with user_errors():
         refuse_non_run_dirs(run_dirs)
-        results = [evaluate_run(d, set_ or [], device) for d in run_dirs]
+        results = [evaluate_run(d, set_ or [], device, split) for d in run_dirs]
         console.print_evaluations(results)
         if differ := [str(r.run_dir) for r in results if not r.agrees]:
             raise ResbenchError(
@@ -352,6 +385,23 @@ def evaluate_runs(
                 "so the reported numbers are not this last.pt's. Check that data.root holds the images "
                 "the run was trained on and that last.pt is the run's own."
             )
+
+
+@app.command()
+def deepen(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run (runs/NAME/seedK) of basic blocks.")],
+    depth: Annotated[int, typer.Option(help="Depth of the deeper twin: 6n+2, above the run's.")],
+    runs_dir: Annotated[Path, typer.Option(help="Where the new run directory goes.")] = Path("runs"),
+    name: Annotated[
+        str | None, typer.Option(help="run.name of the new run (default: the run's name + -deepenedD).")
+    ] = None,
+    device: Annotated[Device | None, typer.Option(help="Default: the run's run.device.")] = None,
+) -> None:
+    """Build the deeper twin of a trained run whose added blocks compute the identity (He et al. §1),
+    write it as a new run, and evaluate both."""
+    with user_errors():
+        refuse_non_run_dirs([run_dir])
+        console.print_construction(deepen_run(run_dir, depth, runs_dir, name, device))
 
 
 data_app = typer.Typer(cls=Commands, help="Get CIFAR onto this machine.", no_args_is_help=True)

@@ -7,6 +7,7 @@
     ConsoleTracker                       one training: a progress bar in a terminal, else a line per eval
     SweepProgress                        compare's runs: done / running / queued, and a bar per run
     print_models, print_config, print_trained, print_comparison, print_analysis, print_evaluations
+    print_construction                   deepen: the source and its deeper twin, and where it is the identity
     print_plan                           compare --dry-run: what each run would do, and how long
     print_runs, print_exported
 
@@ -41,7 +42,9 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from resbench.analysis.construct import Construction
 from resbench.analysis.evaluate import Evaluation
+from resbench.analysis.lesion import Lesion, lesion_labels
 from resbench.analysis.responses import AnalysisReport
 from resbench.compare import Action, Planned, Report, Status, overrides_label
 from resbench.config import ModelConfig, RunConfig
@@ -421,6 +424,8 @@ def print_comparison(result: Comparison) -> None:
     out.print(f"\nreport: {', '.join(map(str, written))}", highlight=False, soft_wrap=True, markup=False)
     if result.analysis is not None:
         _print_responses(result.analysis.responses)
+        if result.analysis.lesions:
+            _print_lesions(result.analysis.lesions)
     out.print(f"overlay: {files.tensorboard_command}", highlight=False, soft_wrap=True, markup=False)
     if files.tensorboard_url:
         out.print(
@@ -504,7 +509,39 @@ def _report_table(report: Report) -> Table:
 def print_analysis(analysis: Analysis) -> None:
     _print_responses(analysis.responses)
     files = analysis.files
-    out.print(f"\nreport: {files.figure_png}, {files.figure_svg}, {files.layers_csv}", highlight=False)
+    written = [files.figure_png, files.figure_svg, files.layers_csv]
+    if analysis.lesions:
+        _print_lesions(analysis.lesions)
+    if lf := analysis.lesion_files:
+        written += [lf.figure_png, lf.figure_svg, lf.lesion_csv]
+    out.print(f"\nreport: {', '.join(map(str, written))}", highlight=False, soft_wrap=True, markup=False)
+
+
+def _print_lesions(lesions: tuple[Lesion, ...]) -> None:
+    """A row per run: the error with nothing deleted, with the single block that costs most deleted,
+    and with k = 1 and k = K random blocks deleted (mean over the draws)."""
+    table = Table(title="Lesions (Veit et al. 2016): test error (%) with blocks deleted at test time")
+    for column in ("run", "images", "baseline", "worst single deletion", "k = 1", "k = K", "not deletable"):
+        table.add_column(column, justify="left" if column == "run" else "right", no_wrap=True)
+    for x, label in zip(lesions, lesion_labels(lesions), strict=True):
+        worst = x.worst
+        last = x.random[-1] if x.random else None
+        table.add_row(
+            escape(label),
+            f"{x.images:,}",
+            f"{x.baseline:.2f}",
+            f"{worst.error:.2f} ({worst.name})" if worst and worst.error is not None else "-",
+            f"{x.random[0].mean:.2f}" if x.random else "-",
+            f"{last.mean:.2f} ± {last.std:.2f} (K = {last.k})" if last else "-",
+            str(len(x.blocks) - len(x.deletable)),
+        )
+    out.print(table)
+    if any(len(x.deletable) < len(x.blocks) for x in lesions):
+        print_note(
+            "not deletable: a plain block that changes the shape (stride 2, more planes) has no shortcut "
+            "to stand in for it; lesion.csv names each with the reason",
+            to=out,
+        )
 
 
 def _print_responses(summary: AnalysisReport) -> None:
@@ -554,6 +591,42 @@ def print_evaluations(results: list[Evaluation]) -> None:
         )
         for note in ([r.unchecked] if r.unchecked else []) + list(r.notes):
             print_note(note, to=out, indent="  ")
+
+
+def print_construction(c: Construction) -> None:
+    """`resbench deepen`: the source and its deeper twin side by side, and where the twin is the identity."""
+    table = Table(title=f"{c.name} seed {c.seed}: depth {c.source_depth} deepened to {c.depth}")
+    for column in ("split", "BN", "images", "source error", "deepened error", "source loss", "deepened loss"):
+        table.add_column(column, justify="left" if column in ("split", "BN") else "right")
+    for m in c.measures:
+        table.add_row(
+            m.split,
+            "running statistics (eval)" if m.mode == "eval" else "batch statistics (train mode)",
+            f"{m.images:,}",
+            f"{m.source_error:.2f}%",
+            f"{m.constructed_error:.2f}%",
+            f"{m.source_loss:.4f}",
+            f"{m.constructed_loss:.4f}",
+        )
+    out.print(table)
+    twin = f"residual, shortcut {c.shortcut}" if c.kind == "residual" else "plain"
+    lines = [
+        f"{c.appended} identity block{'s' * (c.appended > 1)} appended to each stage ({twin}); parameters "
+        f"{c.source_params:,} -> {c.params:,}; {c.device}, {c.precision}",
+        "The appended blocks are the identity in eval mode and in train mode: their branch's last BN "
+        "has gamma = beta = 0, so F(x) = 0 and relu(0 + x) = x."
+        if c.identity_in_train_mode
+        else "The appended blocks are the identity ONLY IN EVAL MODE, with BN's running statistics "
+        "(mean 0, var + eps = 1). With batch statistics, as in training, each BN on their path "
+        f"({'convs and BN' if c.kind == 'plain' else 'the option C projection'}) normalises by the "
+        "batch's own mean and variance, and they are not the identity: see the batch statistics row.",
+        f"written: {c.target} (summary.json: the deepened model's numbers; its train_error is the "
+        "eval-mode error on the un-augmented training split, not a running train-mode error)",
+    ]
+    for line in lines:
+        out.print(line, highlight=False, soft_wrap=True, markup=False)
+    for note in c.notes:
+        print_note(note, to=out, indent="  ")
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,12 +4,13 @@ write, and return data. (`evaluate` and `data prepare` call analysis.evaluate an
     train_seeds(config, seeds, overrides, preset, runs_dir, grid=)  -> (run_dir, Summary) per run  train
     compare(names, seeds, overrides, preset, runs_dir, grid=, ...)  -> Comparison           compare
     plan_compare(names, seeds, overrides, preset, runs_dir, grid=)  -> CompareDryRun  compare --dry-run
-    analyze(run_dirs, out, images, per_channel, device)             -> Analysis             analyze
+    analyze(run_dirs, out, images, per_channel, device, lesion=)    -> Analysis             analyze
 
 `compare` is the experiment this project exists for: plan the runs (compare.plan, over every
 combination of a `--sweep` grid), train what is missing (a `Sweep`: a local pool or Ray), load and
-summarise the runs, measure Figure 7 with `analyze`, and write the report. `plan_compare` is the
-same plan with every refusal kept and the time left estimated; it trains and writes nothing.
+summarise the runs, measure Figure 7 and the lesion study with `analyze`, and write the report.
+`plan_compare` is the same plan with every refusal kept and the time left estimated; it trains and
+writes nothing.
 Nothing here prints: progress goes to the `Tracker` or `SweepWatcher` the caller passes in, and
 console.py renders what comes back. A script or a notebook gets the same runs and files as the
 command line.
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from resbench.analysis.lesion import Lesion, LesionOptions, lesion_run
 from resbench.analysis.responses import AnalysisReport, analyze_run, summarise_analyses
 from resbench.compare import (
     NO_SWEEP,
@@ -49,7 +51,7 @@ from resbench.tracking import Tracker
 from resbench.train import train as train_run
 
 if TYPE_CHECKING:  # report.py imports matplotlib (a second): only the commands that draw load it
-    from resbench.report import AnalysisFiles, ReportFiles
+    from resbench.report import AnalysisFiles, LesionFiles, ReportFiles
 
 Backend = Literal["local", "ray"]
 
@@ -141,10 +143,13 @@ class SweepWatcher:
 
 @dataclass(frozen=True)
 class Analysis:
-    """Figure 7's data (layer responses and block ratios, seeds averaged) and the files written."""
+    """Figure 7's data (layer responses and block ratios, seeds averaged) and the files written;
+    with `lesion`, each run's lesion study and its files too."""
 
     responses: AnalysisReport
     files: AnalysisFiles
+    lesions: tuple[Lesion, ...] = ()
+    lesion_files: LesionFiles | None = None
 
 
 @dataclass(frozen=True)
@@ -195,10 +200,12 @@ def compare(
         raise ResbenchError("no run finished; nothing to report")
     report = summarise(records)
     out = out or default_out(planned)
-    analysis = (
-        analyze([r.run_dir for r in records], out, records[0].cfg.analysis.images) if with_analysis else None
-    )
-    files = write_report(report, out, analysis.responses if analysis else None)
+    analysis = None
+    if with_analysis:  # Figure 7 and the lesion study, on the same analysis.images test images
+        images = records[0].cfg.analysis.images
+        analysis = analyze([r.run_dir for r in records], out, images, lesion=LesionOptions(images=images))
+    responses, lesions = (analysis.responses, analysis.lesions) if analysis else (None, ())
+    files = write_report(report, out, responses, lesions)
     return Comparison(report, files, analysis, failed)
 
 
@@ -298,15 +305,27 @@ def _train(todo: list[Planned], sweep: Sweep, watch: SweepWatcher) -> list[Outco
 
 
 def analyze(
-    run_dirs: list[Path], out: Path, images: int = 1000, per_channel: bool = False, device: Device = "auto"
+    run_dirs: list[Path],
+    out: Path,
+    images: int = 1000,
+    per_channel: bool = False,
+    device: Device = "auto",
+    lesion: LesionOptions | None = None,
 ) -> Analysis:
     """Figure 7: each run's layer responses and block ratios on `images` fixed test images, written
-    to `out` (figure7.png/.svg, layers.csv)."""
+    to `out` (figure7.png/.svg, layers.csv); with `lesion`, each run's lesion study too (lesion.png/
+    .svg, lesion.csv). Everything is measured before the first file is written."""
     if images < 1:
         raise ConfigError(f"--images {images}: must be at least 1")
-    from resbench.report import write_analysis
+    from resbench.report import write_analysis, write_lesion
 
     where = resolve_device(device)
     analyses = [analyze_run(d, images, per_channel, where) for d in run_dirs]
     responses = summarise_analyses(analyses)
-    return Analysis(responses, write_analysis(analyses, responses, out))
+    lesions: tuple[Lesion, ...] = ()
+    if lesion is not None:
+        lesions = tuple(
+            lesion_run(d, lesion.images, lesion.k_max, lesion.draws, lesion.seed, where) for d in run_dirs
+        )
+    files = write_analysis(analyses, responses, out)
+    return Analysis(responses, files, lesions, write_lesion(lesions, out) if lesion else None)

@@ -1,8 +1,10 @@
 """Reports on disk: Figure 6 and the depth figure with summary.md and summary.csv (compare), Figure 7
-with layers.csv (analyze); and the TensorBoard command and address that overlay a compare's runs.
+with layers.csv and the lesion figure with lesion.csv (analyze); and the TensorBoard command and
+address that overlay a compare's runs.
 
     write_report(report, out_dir)               -> ReportFiles
     write_analysis(analyses, summary, out_dir)  -> AnalysisFiles
+    write_lesion(lesions, out_dir)              -> LesionFiles
 
 Figure 6 follows the paper's layout: one panel for the plain nets and one for the ResNets, error
 (%) against iterations, dashed lines for training error and bold lines for test error, one colour
@@ -20,7 +22,7 @@ import os
 import re
 import shlex
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from resbench.analysis.lesion import Lesion, lesion_labels
 from resbench.analysis.responses import AnalysisReport, RunAnalysis
 from resbench.compare import Report, Row, RunRecord, overrides_label
 from resbench.errors import ReportError, WriteError
@@ -375,8 +378,14 @@ def save_figure(fig: Figure, png: Path, svg: Path) -> None:
         plt.close(fig)
 
 
-def write_report(report: Report, out_dir: Path, analysis: AnalysisReport | None = None) -> ReportFiles:
-    """Figure 6, the depth figure (two depths or more), summary.csv and summary.md in `out_dir`."""
+def write_report(
+    report: Report,
+    out_dir: Path,
+    analysis: AnalysisReport | None = None,
+    lesions: Sequence[Lesion] = (),
+) -> ReportFiles:
+    """Figure 6, the depth figure (two depths or more), summary.csv and summary.md in `out_dir`;
+    summary.md also names Figure 7 (`analysis`) and the lesion figure (`lesions`), written beside it."""
     tb = tensorboard_command(report)
     with_depth = len({r.depth for r in report.rows}) > 1  # as depth_figure decides
     files = ReportFiles(
@@ -400,6 +409,8 @@ def write_report(report: Report, out_dir: Path, analysis: AnalysisReport | None 
         markdown += "\n" + depth_markdown()
     if analysis is not None:
         markdown += "\n" + analysis_markdown(analysis)
+    if lesions:
+        markdown += "\n" + lesion_markdown(lesions)
     with writable(out_dir):
         save_figure(figure6(report), files.figure_png, files.figure_svg)
         depth = depth_figure(report)
@@ -473,4 +484,170 @@ def write_analysis(analyses: list[RunAnalysis], summary: AnalysisReport, out_dir
     with writable(out_dir):
         save_figure(figure7(summary), files.figure_png, files.figure_svg)
         atomic_write(files.layers_csv, buffer.getvalue())
+    return files
+
+
+# --------------------------------------------------------------------------------------------
+# Lesions (Veit et al. 2016)
+
+
+@dataclass(frozen=True)
+class LesionFiles:
+    figure_png: Path
+    figure_svg: Path
+    lesion_csv: Path
+
+
+LESION_CSV_COLUMNS = (
+    "run", "name", "seed", "kind", "k", "draw", "block_index", "block", "downsampling", "deleted", "error",
+    "note", "images", "draw_seed",
+)  # fmt: skip
+
+
+def lesion_colours(lesions: Sequence[Lesion]) -> dict[tuple[bool, int], tuple[float, float, float, float]]:
+    """By (residual, depth): plain nets in reds and ResNets in blues, as in the depth figure, darker the
+    deeper, so that twins of one depth stay apart (Figure 6's one colour per depth would merge them)."""
+    colours = {}
+    for residual, cmap in ((False, "Reds"), (True, "Blues")):
+        depths = sorted({x.depth for x in lesions if x.residual == residual})
+        for i, depth in enumerate(depths):
+            shade = 0.8 if len(depths) == 1 else 0.55 + 0.4 * i / (len(depths) - 1)
+            colours[residual, depth] = plt.get_cmap(cmap)(shade)
+    return colours
+
+
+def lesion_figure(lesions: Sequence[Lesion]) -> Figure:
+    """Left: the test error with each block deleted alone, against the block's index in network
+    order, a line per run (ResNets solid with circles in blues, plain nets dash-dot with squares in
+    reds), the run's baseline dashed, and grey bands behind the downsampling blocks, where a plain
+    net's line has a gap: it cannot delete them. Right: the mean test error with k random blocks
+    deleted, ±1 std over the draws as a band, from k = 0 (the baseline). Both: a dotted grey line at
+    chance."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
+    colours = lesion_colours(lesions)
+    downsampling = sorted({b.index for x in lesions for b in x.blocks if b.downsampling})
+    band = "downsampling block"
+    if any(b.error is None for x in lesions for b in x.blocks):
+        band += " (plain: cannot be deleted)"
+    for n, i in enumerate(downsampling):
+        left.axvspan(i - 0.5, i + 0.5, color="0.9", zorder=0, label=band if n == 0 else None)
+    for n, (x, label) in enumerate(zip(lesions, lesion_labels(lesions), strict=True)):
+        colour = colours[x.residual, x.depth]
+        style = dict(
+            color=colour,
+            linestyle="-" if x.residual else "-.",
+            marker="o" if x.residual else "s",
+            markersize=4,
+            linewidth=1.4,
+        )
+        errors = [b.error if b.error is not None else float("nan") for b in x.blocks]
+        left.plot([b.index for b in x.blocks], errors, label=label, **style)
+        baseline = "dashed: each run's baseline, nothing deleted" if n == 0 else None
+        left.axhline(x.baseline, color=colour, linestyle="--", linewidth=0.9, label=baseline)
+        ks = [0, *(r.k for r in x.random)]
+        mean = [x.baseline, *(r.mean for r in x.random)]
+        std = [0.0, *(r.std for r in x.random)]
+        right.plot(ks, mean, label=label, **style)
+        low, high = ([m + sign * s for m, s in zip(mean, std, strict=True)] for sign in (-1, 1))
+        right.fill_between(ks, low, high, color=colour, alpha=0.15, linewidth=0)
+    for ax in (left, right):
+        for chance in sorted({x.chance for x in lesions}):
+            ax.axhline(chance, color="0.5", linestyle=":", linewidth=1.2, label=f"chance ({chance:.0f}%)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # blocks are counted
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("test error (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(
+            fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3
+        )  # below: no data hidden
+    left.set_xlabel("deleted block (index in network order)")
+    left.set_title("one block deleted", fontsize=10)
+    right.set_xlabel("blocks deleted at random (k)")
+    right.set_title("k blocks deleted: mean ± std over draws", fontsize=10)
+    images = sorted({x.images for x in lesions})
+    draws = sorted({len(r.errors) for x in lesions for r in x.random})
+    fig.suptitle(
+        "Lesions (Veit et al. 2016): blocks of the final model deleted at test time (ResNet: the "
+        f"shortcut alone; plain: the identity), eval mode, {'/'.join(f'{i:,}' for i in images)} test images"
+        + (f", {'/'.join(map(str, draws))} draws per k" if draws else ""),
+        fontsize=10,
+    )
+    return fig
+
+
+def lesion_rows(lesions: Sequence[Lesion]) -> list[dict[str, object]]:
+    """lesion.csv in long format: per run a baseline row, a row per block (kind=block, error empty
+    and a note where it cannot be deleted) and a row per random draw (kind=random)."""
+    rows: list[dict[str, object]] = []
+    for x in lesions:
+        run = {"run": str(x.run_dir), "name": x.name, "seed": x.seed}
+        common = {"images": x.images, "draw_seed": x.draw_seed}
+        rows.append({**run, "kind": "baseline", "k": 0, "error": f"{x.baseline:.6g}", **common})
+        for b in x.blocks:
+            rows.append(
+                {
+                    **run,
+                    "kind": "block",
+                    "k": 1,
+                    "block_index": b.index,
+                    "block": b.name,
+                    "downsampling": str(b.downsampling).lower(),
+                    "deleted": b.name if b.error is not None else "",
+                    "error": "" if b.error is None else f"{b.error:.6g}",
+                    "note": b.skipped or "",
+                    **common,
+                }
+            )
+        for r in x.random:
+            for draw, (deleted, error) in enumerate(zip(r.deleted, r.errors, strict=True)):
+                rows.append(
+                    {
+                        **run,
+                        "kind": "random",
+                        "k": r.k,
+                        "draw": draw,
+                        "deleted": ";".join(deleted),
+                        "error": f"{error:.6g}",
+                        **common,
+                    }
+                )
+    return [{column: row.get(column, "") for column in LESION_CSV_COLUMNS} for row in rows]
+
+
+def lesion_markdown(lesions: Sequence[Lesion]) -> str:
+    """The compare report's lesion section: the figure, and a line per run."""
+    lines = [
+        "## Lesions (Veit et al. 2016)",
+        "",
+        "![Lesion study](lesion.png)",
+        "",
+        "Blocks of each final model deleted at test time, in eval mode: a residual block replaced by its "
+        "shortcut alone, a plain block of unchanged shape by the identity (a plain downsampling block "
+        "cannot be deleted). Every number, per draw, is in lesion.csv.",
+        "",
+        "| run | test images | baseline (%) | worst single deletion (%) | mean at k = 1 (%) "
+        "| mean ± std at k = K (%) | not deletable |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for x, label in zip(lesions, lesion_labels(lesions), strict=True):
+        worst = f"{x.worst.error:.2f} ({x.worst.name})" if x.worst and x.worst.error is not None else "-"
+        first = f"{x.random[0].mean:.2f}" if x.random else "-"
+        last = f"{x.random[-1].mean:.2f} ± {x.random[-1].std:.2f} (K = {x.random[-1].k})" if x.random else "-"
+        skipped = len(x.blocks) - len(x.deletable)
+        lines.append(
+            f"| {label} | {x.images:,} | {x.baseline:.2f} | {worst} | {first} | {last} | {skipped or ''} |"
+        )
+    return "\n".join([*lines, ""])
+
+
+def write_lesion(lesions: Sequence[Lesion], out_dir: Path) -> LesionFiles:
+    """lesion.png, lesion.svg and lesion.csv in `out_dir`, each written atomically."""
+    files = LesionFiles(out_dir / "lesion.png", out_dir / "lesion.svg", out_dir / "lesion.csv")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(LESION_CSV_COLUMNS))
+    writer.writeheader()
+    writer.writerows(lesion_rows(lesions))
+    with writable(out_dir):
+        save_figure(lesion_figure(lesions), files.figure_png, files.figure_svg)
+        atomic_write(files.lesion_csv, buffer.getvalue())
     return files

@@ -95,6 +95,9 @@ class Summary:
     device: str
     precision: str
     test_samples: int = 0  # test images the final evaluation counted (each exactly once, also under DDP)
+    # `resbench deepen`: the run directory this run was built from (its train_error and train_loss
+    # are then the eval-mode numbers on the un-augmented training split); None for a trained run
+    constructed_from: str | None = None
 
 
 # A longer list of overrides is cut to its first entries and a hash of all of them (hashed at 100

@@ -221,7 +221,9 @@ def test_evaluate_prints_the_table_and_notes_then_exits_1_where_numbers_differ(
     """The table and each run's data line come first, then one error naming the run (stderr, exit 1)."""
     from resbench.analysis.evaluate import EXACT, Evaluation, SplitResult
 
-    def evaluation(run_dir: Path, overrides: list[str], device: str | None) -> Evaluation:
+    def evaluation(
+        run_dir: Path, overrides: list[str], device: str | None, _split: str = "test"
+    ) -> Evaluation:
         error = 12.5 if run_dir.name == "bad" else 10.0
         split = SplitResult("test", 40, error, 0.5, 10.0, 0.5)
         return Evaluation(

@@ -1,5 +1,6 @@
 """analysis/evaluate.py and `resbench evaluate`: a run's last.pt re-evaluated in one process agrees with its
-summary.json (exactly, for fp32 on CPU), a disagreement exits 1, and bad input is refused cleanly.
+summary.json (exactly, for fp32 on CPU), a disagreement exits 1, and bad input is refused cleanly;
+`--split train` evaluates the training images in eval mode.
 `resbench --version` is here too. The torchrun case is in test_distributed.py."""
 
 import json
@@ -95,6 +96,19 @@ def test_a_number_that_is_not_the_saved_models_exits_1(
     out = cli("evaluate", run)
     assert out.exit_code == (0 if expected else 1), out.output
     assert ("beyond rounding" in out.stderr) is not expected and "Traceback" not in out.output
+
+
+def test_the_training_split_is_evaluated_in_eval_mode_and_shown_not_compared(finished: Path, cli) -> None:
+    """summary.json's train_error is the running train-mode error on augmented batches: another number
+    (a run built by `resbench deepen` records this one, and is compared: test_construct.py)."""
+    result = evaluate_run(finished, split="train")
+    (train_split,) = result.splits
+    assert train_split.split == "train" and train_split.images == 160 - 20  # the val images held out
+    assert train_split.recorded_error is None and result.tolerance is None and result.agrees
+    assert "running error on augmented batches" in result.unchecked
+    out = cli("evaluate", finished, "--split", "train")
+    assert out.exit_code == 0 and "not compared" in out.stdout and "train" in out.stdout, out.output
+    assert cli("evaluate", finished, "--split", "val").exit_code == 2  # test or train only
 
 
 def test_an_unfinished_run_is_evaluated_and_says_so(learnable_root: Path, tmp_path: Path, cli) -> None:

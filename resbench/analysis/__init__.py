@@ -5,11 +5,12 @@ report.py draws, train.py trains). This package sits after training: train.py ne
     trained.py    a run directory -> its config and final model (last.pt), checked
     evaluate.py   `resbench evaluate`: last.pt evaluated now, beside what summary.json recorded
     responses.py  Figure 7: layer responses and block ratios of final models, seeds averaged
+    construct.py  `resbench deepen`: a run deepened by identity blocks, written as a new run
+    lesion.py     `resbench analyze --lesion`: test error with blocks deleted (Veit et al. 2016)
 
-The experiments to come are one module each here, next to responses.py: a deeper twin built from a
-shallower run, lesion studies, loss landscapes. Each opens runs with trained.final_model, measures
-with resbench/probe.py's functions on probe.fixed_test_images where it needs images, and returns
-a dataclass: report.py draws it, console.py renders it, and cli.py gets one short command. What is
-measured during training (block statistics over training, say) goes into resbench/probe.py,
-which train.py calls every `analysis.every` iterations.
+Each experiment is one module here: it opens runs with trained.final_model, measures with
+resbench/probe.py's functions (on probe.fixed_test_indices' images where it needs images), and
+returns a dataclass: report.py draws it, console.py renders it, and cli.py gets one short command.
+What is measured during training goes into resbench/probe.py, which train.py calls every
+`analysis.every` iterations.
 """

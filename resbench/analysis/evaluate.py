@@ -2,18 +2,25 @@
 summary.json recorded. This is how a user, and the tests, check that a reported error belongs to the
 saved model. Nothing here prints; `resbench evaluate` renders the result.
 
-    evaluate_run(run_dir, overrides, device) -> Evaluation
+    evaluate_run(run_dir, overrides, device, split) -> Evaluation
 
 The model is evaluated with the run's own config and precision, on test and, where the run holds out
-a validation set, on val, by the function the training loop uses. `--set data.root=DIR` evaluates the
-same model on another copy of the data; its numbers are compared only where the images are the ones
-the run was trained on (the same `Data.fingerprint`), and shown otherwise.
+a validation set, on val, by the function the training loop uses. `split="train"` evaluates it in eval
+mode on the un-augmented training split instead (the held-out val images are not part of it): the
+training error the construction argument of `resbench deepen` is about. summary.json's train_error
+is a running train-mode error on augmented batches, another number, so it is shown, not compared;
+except for a constructed run, whose summary.json records exactly this eval-mode number.
+
+`--set data.root=DIR` evaluates the same model on another copy of the data; its numbers are
+compared only where the images are the ones the run was trained on (the same `Data.fingerprint`),
+and shown otherwise.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -46,7 +53,7 @@ ROUNDING = Tolerance(error=0.5, loss=0.01)
 
 @dataclass(frozen=True)
 class SplitResult:
-    split: str  # test or val
+    split: str  # test, val or train (eval mode, un-augmented)
     images: int
     error: float  # %, evaluated now
     loss: float
@@ -86,9 +93,13 @@ class Evaluation:
 
 
 def evaluate_run(
-    run_dir: Path, overrides: list[str] | tuple[str, ...] = (), device: str | None = None
+    run_dir: Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    device: str | None = None,
+    split: Literal["test", "train"] = "test",
 ) -> Evaluation:
-    """Evaluate `run_dir`'s last.pt on its test (and val) split; compare it with summary.json.
+    """Evaluate `run_dir`'s last.pt on its test (and val) split, or with `split="train"` on its
+    un-augmented training split; compare it with summary.json.
 
     An unfinished run (a last.pt, no summary.json) is evaluated too, and says so: nothing is compared.
     `overrides` may only set DATA_KEYS; `device` defaults to the run's own run.device.
@@ -112,14 +123,20 @@ def evaluate_run(
             f"{run_dir}: last.pt is at iteration {iteration} but summary.json at "
             f"{summary.iterations}: they are not one model. Train the run again with --force."
         )
+    constructed = summary is not None and summary.constructed_from is not None
     recorded = {
         "test": (summary.test_error, summary.test_loss) if summary else (None, None),
         "val": (summary.val_error, summary.val_loss) if summary else (None, None),
+        # only a constructed run records the eval-mode training error (see the module docstring)
+        "train": (summary.train_error, summary.train_loss) if summary and constructed else (None, None),
     }
-    splits = {"test": data.test, **({"val": data.val} if data.val is not None else {})}
+    if split == "train":
+        splits = {"train": data.train}
+    else:
+        splits = {"test": data.test, **({"val": data.val} if data.val is not None else {})}
     results = []
-    for name, split in splits.items():
-        loss, error, images = evaluate(model, data, split, autocast(where, precision))
+    for name, images_of in splits.items():
+        loss, error, images = evaluate(model, data, images_of, autocast(where, precision))
         results.append(SplitResult(name, images, error, loss, *recorded[name]))
 
     root, trained_root = (Path(c.data.root).expanduser().resolve() for c in (cfg, trained))
@@ -142,6 +159,12 @@ def evaluate_run(
             else str(trained_root)
         )
         unchecked = f"other images than the run was trained on ({trained_on}): shown, not compared"
+    elif split == "train" and not constructed:
+        unchecked = (
+            "summary.json's train_error is the running error on augmented batches in train mode, "
+            "another number: this eval-mode error on the un-augmented training split is shown, not "
+            "compared"
+        )
     exact = (
         precision == "fp32"
         and where.type == "cpu"
