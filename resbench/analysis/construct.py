@@ -203,7 +203,7 @@ def batch_statistics(
     model: nn.Module, data: Data, split: Split, batch_size: int, amp: contextlib.AbstractContextManager[Any]
 ) -> tuple[float, float, int]:
     """Mean loss, error (%) and image count with BN in train mode, each batch normalised by its own
-    statistics as in training: whole batches of `batch_size` in the split's order, the last partial
+    statistics as in training: whole batches of `batch_size` in a seeded shuffle, the last partial
     one dropped (as training drops it), no augmentation. On a copy: the model's running statistics
     stay as they are. The copy runs in NCHW: on the CPU, train-mode BN is 10-15x slower in
     channels_last, and this number is compared with no recorded one, only source with twin."""
@@ -211,10 +211,13 @@ def batch_statistics(
     batch_size = min(batch_size, len(split))
     starts = range(0, len(split) // batch_size * batch_size, batch_size)
     device = split.labels.device
+    # A seeded shuffle, as training's batches are: a copy stored class by class (image folders) would
+    # otherwise give batches of one class, whose statistics no trained net has seen.
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(0)).to(device)
     loss, wrong = torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device)
     for start in starts:
-        images = data.normalize(split.images[start : start + batch_size])
-        labels = split.labels[start : start + batch_size]
+        pick = order[start : start + batch_size]
+        images, labels = data.normalize(split.images[pick]), split.labels[pick]
         with amp:
             logits = net(images)
         loss += F.cross_entropy(logits.float(), labels, reduction="sum")
