@@ -77,6 +77,10 @@ class ModelConfig(_Section):
     num_classes: AtLeast1 = 10  # in a RunConfig: follows data.dataset unless set, and must agree with it
     init_mode: Literal["fan_out", "fan_in"] = "fan_out"  # He init [13]; fan_out as torchvision
     zero_init_residual: bool = False  # zero the last BN of each residual branch; not in the paper
+    # a run directory (RUNS_DIR/NAME/seedK) of the same net whose final weights (last.pt) start this
+    # run, with a fresh optimiser and the usual schedule: §1's "solution by construction", trained
+    # on from `resbench deepen`'s output; null: the init above
+    init_from: str | None = None
 
     @field_validator("depth")
     @classmethod

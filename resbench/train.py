@@ -21,6 +21,7 @@ is written and read, checkpoint.py's.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import signal
 import time
@@ -49,7 +50,10 @@ from resbench.rundir import (
     Summary,
     check_same_config,
     check_same_data,
+    is_run_dir,
     prepare_run_dir,
+    read_env,
+    read_run_config,
     read_summary,
     rerun_command,
     run_state,
@@ -316,6 +320,7 @@ class Setup:
     eval_every: int
     log_every: int
     fixed: bool  # run.cuda_graph: the step in fixed buffers (step.FixedStep), captured on CUDA
+    init_from: dict[str, Any] | None = None  # for env.json: the weights a fresh run started from
 
     def state_dict(self, state: TrainState, lr: float) -> dict[str, Any]:
         """The checkpoint after a step at `lr`: every piece of state the next step depends on, and
@@ -348,6 +353,43 @@ class Setup:
         state.load_state_dict(saved, window=self.d.main)
 
 
+# What makes two nets one architecture: the weights of one load into the other and compute the same
+# function. init_mode and zero_init_residual only decide an init that init_from replaces.
+ARCHITECTURE = ("block", "depth", "residual", "shortcut", "width", "num_classes")
+
+
+def init_source(cfg: RunConfig) -> tuple[Path, checkpoint.Saved] | None:
+    """The run `model.init_from` names and its last.pt, checked to hold this run's net; None without
+    init_from. A ConfigError (exit 2) for a path that is no run directory or another net; a
+    RunDirError (exit 1) for a run directory without last.pt or one that does not read back."""
+    if cfg.model.init_from is None:
+        return None
+    path = Path(cfg.model.init_from).expanduser()
+    if not is_run_dir(path):
+        raise ConfigError(
+            f"model.init_from: {cfg.model.init_from} is not a run directory (no config.yaml); give the "
+            "RUNS_DIR/NAME/seedK of a trained run, e.g. one written by `resbench deepen`"
+        )
+    source, saved = read_run_config(path, need_checkpoint=True)
+    assert saved is not None
+    if differ := [k for k in ARCHITECTURE if getattr(source.model, k) != getattr(cfg.model, k)]:
+        values = "; ".join(
+            f"model.{k}: {getattr(cfg.model, k)} in {cfg.run.name}, {getattr(source.model, k)} in {path}"
+            for k in differ
+        )
+        raise ConfigError(
+            f"model.init_from: {path} ({source.run.name}) holds another net than {cfg.run.name} ({values}). "
+            "Start from a run of the same net, or build one with `resbench deepen RUN_DIR --depth D`"
+        )
+    return path, saved
+
+
+def init_record(path: Path, saved: checkpoint.Saved) -> dict[str, Any]:
+    """What env.json keeps of the weights a run started from: where, which iteration, which file."""
+    digest = hashlib.sha256(path.joinpath(CHECKPOINT).read_bytes()).hexdigest()
+    return {"run_dir": str(path.resolve()), "iteration": saved["iteration"], "sha256": digest}
+
+
 def build_setup(
     cfg: RunConfig, run_dir: Path, d: Dist, device: torch.device, saved: dict[str, Any] | None
 ) -> Setup:
@@ -377,7 +419,11 @@ def build_setup(
 
     data = build_data(cfg.data, device)
     check_same_data(run_dir, cfg, saved, data.fingerprint)  # the same data.root may hold other images now
-    model = build_model(cfg.model).to(device, memory_format=torch.channels_last)  # NHWC convs are faster
+    model = build_model(cfg.model)
+    init = init_source(cfg) if saved is None else None  # on resume, last.pt holds the weights
+    if init is not None:  # after the init's draws, so every later draw is the same as without it
+        model.load_state_dict(init[1]["model"])
+    model = model.to(device, memory_format=torch.channels_last)  # NHWC convs are faster
     params, macs = count_params(model), count_macs(model)
     if cfg.run.sync_bn and d.enabled:  # off by default: the paper's BN statistics are per device
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -425,6 +471,7 @@ def build_setup(
         eval_every=eval_every,
         log_every=cfg.run.log_every or eval_every,
         fixed=cfg.run.cuda_graph,
+        init_from=init_record(*init) if init is not None else None,
     )
 
 
@@ -577,6 +624,8 @@ def train(
     """
     d = distributed.from_env()
     device = resolve_device(cfg.run.device, d)
+    if not (resume and (run_dir / CHECKPOINT).is_file()):  # refused before anything is written
+        init_source(cfg)
     created = distributed.setup(d, device)
     lock, error, start = None, None, Start.FRESH
     tracker = Trackers([RunFiles(run_dir), tracker or Tracker()]) if d.main else Tracker()
@@ -628,6 +677,8 @@ def _train(
     with stop_requests() as stop:
         env = environment(device, s.precision) | s.kernels
         env |= {"world_size": d.world_size, "data_fingerprint": s.data.fingerprint, "params": s.params}
+        if init_from := s.init_from or (read_env(run_dir).get("init_from") if resuming else None):
+            env["init_from"] = init_from  # a resume keeps the record of the start's source
         if d.main:
             write_run_files(run_dir, cfg, env)
         for message in s.data.notes:
