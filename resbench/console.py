@@ -46,6 +46,7 @@ from resbench.analysis.construct import Construction
 from resbench.analysis.evaluate import Evaluation
 from resbench.analysis.lesion import Lesion, lesion_labels
 from resbench.analysis.responses import AnalysisReport
+from resbench.analysis.training import NEAR_IDENTITY, RunProbes
 from resbench.compare import Action, Planned, Report, Status, overrides_label
 from resbench.config import ModelConfig, RunConfig
 from resbench.experiment import Analysis, CompareDryRun, Comparison, SweepWatcher
@@ -514,7 +515,37 @@ def print_analysis(analysis: Analysis) -> None:
         _print_lesions(analysis.lesions)
     if lf := analysis.lesion_files:
         written += [lf.figure_png, lf.figure_svg, lf.lesion_csv]
+    if analysis.probes:
+        _print_block_drift(analysis.probes)
+    if tf := analysis.training_files:
+        made = (tf.gradients_png, tf.gradients_svg, tf.blocks_png, tf.blocks_svg, tf.blocks_csv)
+        written += [f for f in made if f is not None]
+    if analysis.unprobed:
+        names = ", ".join(map(str, analysis.unprobed))
+        print_note(f"no probes.jsonl (trained without analysis.every), not in gradients.png: {names}", to=out)
     out.print(f"\nreport: {', '.join(map(str, written))}", highlight=False, soft_wrap=True, markup=False)
+
+
+def _print_block_drift(runs: tuple[RunProbes, ...]) -> None:
+    """A row per run that logged probes: at its last analysis point, the median block ratio and the
+    share of blocks near the identity, beside its final errors and the gradient flow's end."""
+    table = Table(title="Over training (probes.jsonl): residual branches and gradient flow at the end")
+    columns = ("run", "iteration", "median ||F(x)||/||shortcut(x)||", f"blocks < {NEAR_IDENTITY:g}",
+               "first/last layer grad", "train error", "test error")  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column == "run" else "right", no_wrap=column == "run")
+    for r in runs:
+        median, near = r.final_median_ratio, r.final_near_identity
+        table.add_row(
+            escape(r.label),
+            f"{int(r.iterations[-1]):,}",
+            f"{median:.3f}" if median is not None else "-",
+            f"{near:.0%}" if near is not None else "-",
+            f"{r.first_to_last_gradient[-1]:.3g}",
+            f"{r.train_error:.2f}%" if r.train_error is not None else "-",
+            f"{r.test_error:.2f}%" if r.test_error is not None else "-",
+        )
+    out.print(table)
 
 
 def _print_lesions(lesions: tuple[Lesion, ...]) -> None:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Literal
 
 from resbench.analysis.lesion import Lesion, LesionOptions, lesion_run
 from resbench.analysis.responses import AnalysisReport, analyze_run, summarise_analyses
+from resbench.analysis.training import RunProbes, training_probes
 from resbench.compare import (
     NO_SWEEP,
     Grid,
@@ -51,7 +52,7 @@ from resbench.tracking import Tracker
 from resbench.train import train as train_run
 
 if TYPE_CHECKING:  # report.py imports matplotlib (a second): only the commands that draw load it
-    from resbench.report import AnalysisFiles, LesionFiles, ReportFiles
+    from resbench.report import AnalysisFiles, LesionFiles, ReportFiles, TrainingFiles
 
 Backend = Literal["local", "ray"]
 
@@ -150,6 +151,9 @@ class Analysis:
     files: AnalysisFiles
     lesions: tuple[Lesion, ...] = ()
     lesion_files: LesionFiles | None = None
+    probes: tuple[RunProbes, ...] = ()  # the runs that logged probes.jsonl (`analysis.every`)
+    training_files: TrainingFiles | None = None
+    unprobed: tuple[Path, ...] = ()  # the runs that did not
 
 
 @dataclass(frozen=True)
@@ -317,7 +321,7 @@ def analyze(
     .svg, lesion.csv). Everything is measured before the first file is written."""
     if images < 1:
         raise ConfigError(f"--images {images}: must be at least 1")
-    from resbench.report import write_analysis, write_lesion
+    from resbench.report import write_analysis, write_lesion, write_training_figures
 
     where = resolve_device(device)
     analyses = [analyze_run(d, images, per_channel, where) for d in run_dirs]
@@ -327,5 +331,15 @@ def analyze(
         lesions = tuple(
             lesion_run(d, lesion.images, lesion.k_max, lesion.draws, lesion.seed, where) for d in run_dirs
         )
+    probed = {d: training_probes(d) for d in run_dirs}
+    probes = tuple(p for p in probed.values() if p is not None)
     files = write_analysis(analyses, responses, out)
-    return Analysis(responses, files, lesions, write_lesion(lesions, out) if lesion else None)
+    return Analysis(
+        responses,
+        files,
+        lesions,
+        write_lesion(lesions, out) if lesion else None,
+        probes,
+        write_training_figures(probes, out) if probes else None,
+        tuple(d for d, p in probed.items() if p is None),
+    )

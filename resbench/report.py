@@ -29,6 +29,7 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -37,6 +38,7 @@ from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullF
 
 from resbench.analysis.lesion import Lesion, lesion_labels
 from resbench.analysis.responses import AnalysisReport, RunAnalysis
+from resbench.analysis.training import NEAR_IDENTITY, RunProbes
 from resbench.compare import Report, Row, RunRecord, overrides_label
 from resbench.errors import ReportError, WriteError
 from resbench.files import atomic_open, atomic_write
@@ -650,4 +652,113 @@ def write_lesion(lesions: Sequence[Lesion], out_dir: Path) -> LesionFiles:
     with writable(out_dir):
         save_figure(lesion_figure(lesions), files.figure_png, files.figure_svg)
         atomic_write(files.lesion_csv, buffer.getvalue())
+    return files
+
+
+# --------------------------------------------------------------------------------------------
+# Over training, from probes.jsonl: gradient flow and residual branches
+
+
+@dataclass(frozen=True)
+class TrainingFiles:
+    gradients_png: Path
+    gradients_svg: Path
+    blocks_png: Path | None  # None: no residual run among them
+    blocks_svg: Path | None
+    blocks_csv: Path | None
+
+
+STAGE_COLOURS = ("tab:blue", "tab:orange", "tab:green")
+
+
+def gradients_figure(runs: Sequence[RunProbes]) -> Figure:
+    """Top: each run's weight-gradient norm per 3x3 layer (rows, first layer at the top) against
+    iteration, on one log colour scale shared by every panel, so a plain and a residual twin read
+    alike. Bottom: the first layer's norm over the last one's, one line per run (1: even flow)."""
+    from matplotlib.colors import LogNorm
+
+    values = np.concatenate([r.grad_norm[r.grad_norm > 0] for r in runs])
+    norm = LogNorm(vmin=float(values.min()), vmax=float(values.max()))
+    fig = plt.figure(figsize=(4.2 * len(runs) + 1.2, 7.5))
+    grid = fig.add_gridspec(2, len(runs), height_ratios=(2.2, 1))
+    mesh = None
+    for i, run in enumerate(runs):
+        ax = fig.add_subplot(grid[0, i])
+        grads = np.where(run.grad_norm > 0, run.grad_norm, np.nan).T  # (layers, points)
+        layers = np.arange(1, len(run.layers) + 1)
+        mesh = ax.pcolormesh(run.iterations, layers, grads, norm=norm, cmap="viridis", shading="nearest")
+        ax.invert_yaxis()
+        ax.set(xlabel="iteration", ylabel="3x3 layer (1 = first)" if i == 0 else None)
+        ax.set_title(f"{run.title}\n{run.name}, seed {run.seed}", fontsize="medium")
+    fig.colorbar(mesh, ax=fig.axes, label="weight-gradient norm (log scale)", shrink=0.6)
+    ax = fig.add_subplot(grid[1, :])
+    for run in runs:
+        ax.plot(run.iterations, run.first_to_last_gradient, ("-" if run.residual else "--"), label=run.label)
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set(yscale="log", xlabel="iteration", ylabel="first / last layer gradient norm")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def blocks_figure(runs: Sequence[RunProbes]) -> Figure:
+    """One panel per residual run: each block's ||F(x)|| / ||shortcut(x)|| against iteration (thin,
+    coloured by stage), their median thick and black, and the NEAR_IDENTITY line; shared y axis."""
+    residual = [r for r in runs if r.block_ratio is not None]
+    fig, axes = plt.subplots(1, len(residual), figsize=(4.5 * len(residual), 4), sharey=True, squeeze=False)
+    for ax, run in zip(axes[0], residual, strict=True):
+        assert run.block_ratio is not None
+        for j, name in enumerate(run.blocks):
+            stage = int(name.removeprefix("stage").split(".")[0])
+            ax.plot(run.iterations, run.block_ratio[:, j], color=STAGE_COLOURS[stage - 1], lw=0.7, alpha=0.6)
+        ax.plot(run.iterations, np.median(run.block_ratio, axis=1), color="black", lw=2.5, label="median")
+        ax.axhline(NEAR_IDENTITY, color="grey", ls=":", lw=1, label=f"{NEAR_IDENTITY:g}")
+        ax.set(xlabel="iteration", yscale="log")
+        ax.set_title(f"{run.title}\n{run.name}, seed {run.seed}", fontsize="medium")
+    axes[0][0].set_ylabel("||F(x)|| / ||shortcut(x)|| per block")
+    handles = [plt.Line2D([], [], color=c, lw=1) for c in STAGE_COLOURS]
+    axes[0][-1].legend(
+        [*handles, *axes[0][-1].get_lines()[-2:]],
+        ["stage 1", "stage 2", "stage 3", "median", f"near identity ({NEAR_IDENTITY:g})"],
+        fontsize="small",
+    )
+    fig.tight_layout()
+    return fig
+
+
+BLOCKS_CSV_COLUMNS = ("run", "name", "seed", "weight_decay", "iteration", "median_ratio", "near_identity",
+                      "train_error", "test_error")  # fmt: skip
+
+
+def write_training_figures(runs: Sequence[RunProbes], out_dir: Path) -> TrainingFiles:
+    """gradients.png/.svg for every run, and for the residual ones blocks.png/.svg and
+    blocks_summary.csv (the last analysis point's median ratio and fraction of blocks below
+    NEAR_IDENTITY, beside the final errors)."""
+    residual = [r for r in runs if r.block_ratio is not None]
+    files = TrainingFiles(
+        out_dir / "gradients.png",
+        out_dir / "gradients.svg",
+        *(
+            (out_dir / "blocks.png", out_dir / "blocks.svg", out_dir / "blocks_summary.csv")
+            if residual
+            else (None,) * 3
+        ),
+    )
+    with writable(out_dir):
+        save_figure(gradients_figure(runs), files.gradients_png, files.gradients_svg)
+        if residual:
+            assert files.blocks_png and files.blocks_svg and files.blocks_csv
+            save_figure(blocks_figure(residual), files.blocks_png, files.blocks_svg)
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=list(BLOCKS_CSV_COLUMNS))
+            writer.writeheader()
+            for r in residual:
+                writer.writerow(
+                    {
+                        "run": str(r.run_dir), "name": r.name, "seed": r.seed, "weight_decay": r.weight_decay,
+                        "iteration": int(r.iterations[-1]), "median_ratio": r.final_median_ratio,
+                        "near_identity": r.final_near_identity, "train_error": r.train_error,
+                        "test_error": r.test_error,
+                    }
+                )  # fmt: skip
+            atomic_write(files.blocks_csv, buffer.getvalue())
     return files
