@@ -21,6 +21,7 @@ from typer.core import TyperGroup
 from resbench import config as config_mod
 from resbench import console, experiment
 from resbench import runs as runs_mod
+from resbench.analysis import landscape as landscape_mod
 from resbench.analysis.construct import deepen_run
 from resbench.analysis.evaluate import evaluate_run
 from resbench.analysis.lesion import DRAWS, IMAGES, K_MAX, SEED, LesionOptions
@@ -359,6 +360,40 @@ def refuse_non_run_dirs(paths: list[Path]) -> None:
     for path in paths:
         if not is_run_dir(path):
             raise ConfigError(f"{path} is not a run directory (no config.yaml); give RUNS_DIR/NAME/seedK")
+
+
+@app.command()
+def landscape(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (runs/NAME/seedK) with a last.pt.")],
+    dim: Annotated[int, typer.Option(help="1: a curve along one direction; 2: a surface.")] = (
+        landscape_mod.DIM
+    ),
+    points: Annotated[int, typer.Option(help="Grid points per direction (odd: the centre is the model).")] = (
+        landscape_mod.POINTS
+    ),
+    span: Annotated[float, typer.Option(help="The grid runs over [-span, span].")] = landscape_mod.SPAN,
+    images: Annotated[int, typer.Option(help="Fixed, seeded training images (no augmentation).")] = (
+        landscape_mod.IMAGES
+    ),
+    seed: Annotated[int, typer.Option(help="Seed of the random directions.")] = landscape_mod.SEED,
+    out: Annotated[Path, typer.Option(help="Where landscape_{1d,2d}.png/.svg and landscape.csv go.")] = Path(
+        "reports/landscape"
+    ),
+    device: Annotated[Device, typer.Option(help="auto picks cuda, then mps, then cpu.")] = "auto",
+) -> None:
+    """Loss landscapes (Li et al. 2018): loss and error along random filter-normalised directions."""
+    with user_errors():
+        refuse_non_run_dirs(run_dirs)
+        landscape_mod.check_options(dim, points, span, images)
+        from resbench.report import write_landscapes
+
+        results = []
+        for run_dir in run_dirs:
+            with console.point_progress(str(run_dir)) as progress:
+                results.append(
+                    landscape_mod.landscape_run(run_dir, dim, points, span, images, seed, device, progress)
+                )
+        console.print_landscapes(results, write_landscapes(results, out))
 
 
 @app.command("evaluate")

@@ -17,16 +17,17 @@ file. cli.py decides what to call; this module decides how it looks.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -44,6 +45,7 @@ from rich.text import Text
 
 from resbench.analysis.construct import Construction
 from resbench.analysis.evaluate import Evaluation
+from resbench.analysis.landscape import Landscape
 from resbench.analysis.lesion import Lesion, lesion_labels
 from resbench.analysis.responses import AnalysisReport
 from resbench.analysis.training import NEAR_IDENTITY, RunProbes
@@ -58,6 +60,9 @@ from resbench.tracking import Tracker
 
 # Rich assumes 80 columns where stdout is not a terminal; logs are read on wide screens.
 _WIDTH = int(os.environ.get("COLUMNS", "0")) or (None if sys.stdout.isatty() else 120)
+if TYPE_CHECKING:  # report.py imports matplotlib
+    from resbench.report import LandscapeFiles
+
 out = Console(width=_WIDTH)
 err = Console(stderr=True, width=_WIDTH)
 
@@ -740,3 +745,40 @@ def print_exported(result: Exported) -> None:
         markup=False,
         soft_wrap=True,
     )
+
+
+@contextlib.contextmanager
+def point_progress(what: str) -> Iterator[Callable[[int, int], None]]:
+    """A bar of grid points in a terminal (one line per 10% in a log), as a (done, total) callback."""
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn(), console=err, transient=True)  # fmt: skip
+    task: TaskID | None = None
+    shown = -1
+
+    def update(done: int, total: int) -> None:
+        nonlocal task, shown
+        if err.is_terminal:
+            if task is None:
+                task = bar.add_task(what, total=total)
+            bar.update(task, completed=done)
+        elif (tenth := 10 * done // total) != shown:
+            shown = tenth
+            err.print(f"{what}: {done}/{total} points", highlight=False)
+
+    with bar if err.is_terminal else contextlib.nullcontext():
+        yield update
+
+
+def print_landscapes(landscapes: list[Landscape], files: LandscapeFiles) -> None:
+    table = Table(title="Loss landscapes (Li et al. 2018): training loss along filter-normalised directions")
+    for column in ("run", "grid", "images", "loss at the trained point", "min loss", "max loss", "s / point"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for x in landscapes:
+        grid = f"{len(x.alphas)}" if x.betas is None else f"{len(x.alphas)} x {len(x.betas)}"
+        table.add_row(
+            escape(f"{x.title} ({x.name}, seed {x.seed})"), grid, f"{x.images:,}", f"{x.centre_loss:.4f}",
+            f"{x.loss.min():.4f}", f"{x.loss.max():.4g}", f"{x.seconds_per_point:.2f}",
+        )  # fmt: skip
+    out.print(table)
+    written = [files.figure_png, files.figure_svg, files.landscape_csv]
+    out.print(f"\nreport: {', '.join(map(str, written))}", highlight=False, soft_wrap=True, markup=False)

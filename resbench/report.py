@@ -36,6 +36,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from resbench.analysis.landscape import Landscape
 from resbench.analysis.lesion import Lesion, lesion_labels
 from resbench.analysis.responses import AnalysisReport, RunAnalysis
 from resbench.analysis.training import NEAR_IDENTITY, RunProbes
@@ -761,4 +762,70 @@ def write_training_figures(runs: Sequence[RunProbes], out_dir: Path) -> Training
                     }
                 )  # fmt: skip
             atomic_write(files.blocks_csv, buffer.getvalue())
+    return files
+
+
+# --------------------------------------------------------------------------------------------
+# Loss landscapes (Li et al. 2018)
+
+
+@dataclass(frozen=True)
+class LandscapeFiles:
+    figure_png: Path
+    figure_svg: Path
+    landscape_csv: Path
+
+
+def landscape_figure(landscapes: Sequence[Landscape]) -> Figure:
+    """1-D: loss and error against alpha, one line per run (plain dashed). 2-D: one contour panel
+    per run, every panel at the same log-spaced loss levels, the trained model marked at the centre."""
+    if landscapes[0].betas is None:
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.5, 6), sharex=True)
+        for x in landscapes:
+            style = "-" if x.residual else "--"
+            top.plot(x.alphas, x.loss, style, label=f"{x.title} ({x.name})")
+            bottom.plot(x.alphas, x.error, style)
+        top.set(ylabel="training loss", yscale="log")
+        bottom.set(xlabel="alpha (filter-normalised direction)", ylabel="training error (%)")
+        top.legend(fontsize="small")
+        fig.tight_layout()
+        return fig
+    low = min(float(x.loss.min()) for x in landscapes)
+    high = max(float(x.loss.max()) for x in landscapes)
+    levels = np.geomspace(low, max(high, low * 1.01), 20)
+    fig, axes = plt.subplots(1, len(landscapes), figsize=(4.6 * len(landscapes), 4.4), squeeze=False)
+    for ax, x in zip(axes[0], landscapes, strict=True):
+        assert x.betas is not None
+        contours = ax.contour(x.alphas, x.betas, x.loss, levels=levels, cmap="viridis", linewidths=0.9)
+        ax.plot([0], [0], marker="*", color="red", markersize=10)
+        ax.set(xlabel="alpha", ylabel="beta", aspect="equal")
+        ax.set_title(f"{x.title}\n{x.name}, seed {x.seed}", fontsize="medium")
+    fig.colorbar(contours, ax=list(axes[0]), label="training loss (shared log levels)", shrink=0.8)
+    return fig
+
+
+LANDSCAPE_CSV_COLUMNS = ("run", "name", "seed", "direction_seed", "images", "alpha", "beta", "loss", "error")
+
+
+def write_landscapes(landscapes: Sequence[Landscape], out_dir: Path) -> LandscapeFiles:
+    """landscape_{1d,2d}.png/.svg and landscape.csv (a row per run and grid point), atomically."""
+    kind = "1d" if landscapes[0].betas is None else "2d"
+    files = LandscapeFiles(
+        out_dir / f"landscape_{kind}.png", out_dir / f"landscape_{kind}.svg", out_dir / "landscape.csv"
+    )
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(LANDSCAPE_CSV_COLUMNS))
+    writer.writeheader()
+    for x in landscapes:
+        betas = x.betas if x.betas is not None else [None]
+        for j, beta in enumerate(betas):
+            for i, alpha in enumerate(x.alphas):
+                at = i if beta is None else (j, i)
+                row = {"run": str(x.run_dir), "name": x.name, "seed": x.seed, "images": x.images}
+                row |= {"direction_seed": x.direction_seed, "alpha": float(alpha)}
+                row |= {"beta": "" if beta is None else float(beta)}
+                writer.writerow(row | {"loss": float(x.loss[at]), "error": float(x.error[at])})
+    with writable(out_dir):
+        save_figure(landscape_figure(landscapes), files.figure_png, files.figure_svg)
+        atomic_write(files.landscape_csv, buffer.getvalue())
     return files
