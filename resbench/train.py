@@ -358,9 +358,22 @@ class Setup:
 ARCHITECTURE = ("block", "depth", "residual", "shortcut", "width", "num_classes")
 
 
-def init_source(cfg: RunConfig) -> tuple[Path, checkpoint.Saved] | None:
-    """The run `model.init_from` names and its last.pt, checked to hold this run's net; None without
-    init_from. A ConfigError (exit 2) for a path that is no run directory or another net; a
+@dataclass(frozen=True)
+class InitSource:
+    """The weights `model.init_from` starts a fresh run from, and what env.json keeps of them."""
+
+    run_dir: Path  # resolved
+    iteration: int  # of the source's last.pt
+    sha256: str  # of the source's last.pt file
+    model: dict[str, Tensor]  # its weights only: the optimiser state is not carried over
+
+    def record(self) -> dict[str, Any]:
+        return {"run_dir": str(self.run_dir), "iteration": self.iteration, "sha256": self.sha256}
+
+
+def init_source(cfg: RunConfig) -> InitSource | None:
+    """The run `model.init_from` names and its last.pt's weights, checked to hold this run's net;
+    None without init_from. A ConfigError (exit 2) for a path that is no run directory or another net; a
     RunDirError (exit 1) for a run directory without last.pt or one that does not read back."""
     if cfg.model.init_from is None:
         return None
@@ -381,22 +394,13 @@ def init_source(cfg: RunConfig) -> tuple[Path, checkpoint.Saved] | None:
             f"model.init_from: {path} ({source.run.name}) holds another net than {cfg.run.name} ({values}). "
             "Start from a run of the same net, or build one with `resbench deepen RUN_DIR --depth D`"
         )
-    return path, saved
-
-
-def init_record(path: Path, saved: checkpoint.Saved) -> dict[str, Any]:
-    """What env.json keeps of the weights a run started from: where, which iteration, which file."""
     digest = hashlib.sha256(path.joinpath(CHECKPOINT).read_bytes()).hexdigest()
-    return {"run_dir": str(path.resolve()), "iteration": saved["iteration"], "sha256": digest}
+    return InitSource(path.resolve(), saved["iteration"], digest, saved["model"])
 
 
-def build_setup(
-    cfg: RunConfig, run_dir: Path, d: Dist, device: torch.device, saved: dict[str, Any] | None
-) -> Setup:
-    """Check what can be checked before any work, then build the pieces after one seed, in the
-    order their random draws are taken. With `saved`, refuse what would not continue it exactly."""
-    if saved is not None:
-        check_same_config(run_dir, cfg, saved["config"])
+def check_start(cfg: RunConfig, d: Dist, device: torch.device, fresh: bool) -> InitSource | None:
+    """Refuse, before the run directory is touched (on every rank), a config this process cannot
+    train; on a `fresh` start also check model.init_from's source, and return it (`init_source`)."""
     if cfg.optim.batch_size % d.world_size:
         raise ConfigError(
             f"optim.batch_size {cfg.optim.batch_size} is the global batch and must divide by the "
@@ -410,6 +414,22 @@ def build_setup(
         )
     if cfg.run.sync_bn and d.enabled and device.type != "cuda":
         raise ConfigError("run.sync_bn needs CUDA devices; leave it off on CPU (BN statistics per process)")
+    return init_source(cfg) if fresh else None  # a resume's last.pt holds the weights: no source read
+
+
+def build_setup(
+    cfg: RunConfig,
+    run_dir: Path,
+    d: Dist,
+    device: torch.device,
+    saved: dict[str, Any] | None,
+    init: InitSource | None = None,
+) -> Setup:
+    """Build the pieces after one seed, in the order their random draws are taken, once
+    `check_start` has passed; a fresh start loads `init`'s weights. With `saved`, refuse what would
+    not continue it exactly."""
+    if saved is not None:
+        check_same_config(run_dir, cfg, saved["config"])
     precision = resolve_precision(cfg.run.precision, device)
     if saved is not None:
         check_same_hardware(saved, cfg, device, precision)
@@ -420,9 +440,8 @@ def build_setup(
     data = build_data(cfg.data, device)
     check_same_data(run_dir, cfg, saved, data.fingerprint)  # the same data.root may hold other images now
     model = build_model(cfg.model)
-    init = init_source(cfg) if saved is None else None  # on resume, last.pt holds the weights
-    if init is not None:  # after the init's draws, so every later draw is the same as without it
-        model.load_state_dict(init[1]["model"])
+    if saved is None and init is not None:  # after the init's draws: every later draw is as without it
+        model.load_state_dict(init.model)
     model = model.to(device, memory_format=torch.channels_last)  # NHWC convs are faster
     params, macs = count_params(model), count_macs(model)
     if cfg.run.sync_bn and d.enabled:  # off by default: the paper's BN statistics are per device
@@ -471,7 +490,7 @@ def build_setup(
         eval_every=eval_every,
         log_every=cfg.run.log_every or eval_every,
         fixed=cfg.run.cuda_graph,
-        init_from=init_record(*init) if init is not None else None,
+        init_from=init.record() if saved is None and init is not None else None,
     )
 
 
@@ -624,8 +643,8 @@ def train(
     """
     d = distributed.from_env()
     device = resolve_device(cfg.run.device, d)
-    if not (resume and (run_dir / CHECKPOINT).is_file()):  # refused before anything is written
-        init_source(cfg)
+    # refused before anything is written: no run directory, no lock, no process group
+    init = check_start(cfg, d, device, fresh=force or not (resume and (run_dir / CHECKPOINT).is_file()))
     created = distributed.setup(d, device)
     lock, error, start = None, None, Start.FRESH
     tracker = Trackers([RunFiles(run_dir), tracker or Tracker()]) if d.main else Tracker()
@@ -648,7 +667,7 @@ def train(
         if start == Start.FINISHED:
             return read_summary(run_dir)
         try:
-            return _train(cfg, run_dir, tracker, start == Start.RESUME, d, device)
+            return _train(cfg, run_dir, tracker, start == Start.RESUME, d, device, init)
         except Diverged as err:
             if d.main:  # a mark on disk for `resbench runs`; a disk that refuses it must not hide why
                 with contextlib.suppress(ResbenchError):
@@ -663,10 +682,18 @@ def train(
 
 
 def _train(
-    cfg: RunConfig, run_dir: Path, tracker: Tracker, resuming: bool, d: Dist, device: torch.device
+    cfg: RunConfig,
+    run_dir: Path,
+    tracker: Tracker,
+    resuming: bool,
+    d: Dist,
+    device: torch.device,
+    init: InitSource | None,
 ) -> Summary:
     saved = checkpoint.load(run_dir / CHECKPOINT) if resuming else None
-    s = build_setup(cfg, run_dir, d, device, saved)
+    if saved is None and init is None and cfg.model.init_from is not None:  # last.pt went meanwhile
+        init = init_source(cfg)
+    s = build_setup(cfg, run_dir, d, device, saved, init)
     state = TrainState.zeros(device)
     if saved is not None:
         s.load_state_dict(saved, state)

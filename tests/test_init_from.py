@@ -123,3 +123,16 @@ def test_the_run_directory_name_holds_the_path_escaped(tmp_path: Path) -> None:
     assert where.parent.parent == tmp_path / "plain56-quick" and where.name == "seed0"
     assert "/" not in where.parent.name and "init_from" in where.parent.name
     assert json.dumps(cfg.to_dict()["model"]["init_from"]) == '"runs/plain20-quick-deepened56/seed0"'
+
+
+def test_a_forced_restart_checks_the_source_before_it_wipes_the_run(
+    source: Path, learnable_root: Path, tmp_path: Path
+) -> None:
+    moved = shutil.copytree(source, tmp_path / "source")
+    cfg = load(learnable_root, *SHORT, f"model.init_from={moved}")
+    train(cfg, tmp_path / "run")
+    shutil.rmtree(moved)
+    assert train(cfg, tmp_path / "run", resume=True).iterations == 12  # finished: the source is not read
+    with pytest.raises(ConfigError, match=r"is not a run directory"):
+        train(cfg, tmp_path / "run", resume=True, force=True)
+    assert (tmp_path / "run" / "summary.json").is_file() and (tmp_path / "run" / "last.pt").is_file()

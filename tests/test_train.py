@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import resbench.train as train_module
-from resbench import checkpoint, config
+from resbench import checkpoint, config, distributed
 from resbench.distributed import Dist
 from resbench.errors import ConfigError, Diverged, Interrupted, RunDirError
 from resbench.hardware import set_kernels
@@ -331,14 +331,32 @@ def test_cuda_graph_where_auto_is_not_cuda_exits_2_naming_the_key(
     assert result.exit_code == 2, result.output
     assert "run.cuda_graph captures the step on one CUDA device and cannot run on cpu" in result.stderr
     assert "Traceback" not in result.output
-    assert not (tmp_path / "resnet20" / "seed0" / "last.pt").exists()
+    assert list(tmp_path.iterdir()) == []  # refused before the run directory and its .lock
 
 
-def test_cuda_graph_under_torchrun_is_refused(learnable_root: Path, tmp_path: Path) -> None:
+def test_cuda_graph_under_torchrun_is_refused(learnable_root: Path) -> None:
     """Checked before any CUDA call, so it runs here: a CUDA graph holds one process's step."""
     cfg = load(learnable_root, "run.cuda_graph=true", "run.device=cuda")
     with pytest.raises(ConfigError, match=r"cannot run under torchrun \(2 processes\)"):
-        train_module.build_setup(cfg, tmp_path, Dist(rank=0, world_size=2), torch.device("cuda"), None)
+        train_module.check_start(cfg, Dist(rank=0, world_size=2), torch.device("cuda"), fresh=True)
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["run.sync_bn=true"], "run.sync_bn needs CUDA devices"),
+        (["optim.batch_size=15"], "optim.batch_size 15 is the global batch and must divide by the 2"),
+    ],
+)
+def test_a_config_torchrun_cannot_train_is_refused_before_anything_is_written(
+    learnable_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sets: list[str], message: str
+) -> None:
+    """Under torchrun on CPU (a 2-process Dist, refused before the process group would start)."""
+    monkeypatch.setattr(distributed, "from_env", lambda: Dist(rank=0, world_size=2))
+    monkeypatch.setattr(distributed, "setup", lambda *_: pytest.fail("the process group started"))
+    with pytest.raises(ConfigError, match=message):
+        train(load(learnable_root, *sets), tmp_path / "run")
+    assert list(tmp_path.iterdir()) == []
 
 
 class Notes(Tracker):
