@@ -185,3 +185,35 @@ def test_the_process_group_is_bound_to_the_rank_gpu(
     ((args, kwargs),) = calls
     backend = "nccl" if expected else "gloo"
     assert args == (backend,) and kwargs["device_id"] == (torch.device(expected) if expected else None)
+
+
+@pytest.mark.parametrize("elsewhere", [True, False])
+def test_a_lone_rank_with_finite_weights_follows_the_vote_at_a_save(
+    monkeypatch: pytest.MonkeyPatch, elsewhere: bool
+) -> None:
+    """Every rank stops when another rank's weights went non-finite, and none stops alone: the
+    decision at a save point is the vote over the ranks, not this rank's own check."""
+    from types import SimpleNamespace
+
+    from resbench import train as train_module
+    from resbench.errors import Diverged
+
+    votes: list[bool] = []
+    monkeypatch.setattr(distributed, "any_rank", lambda flag, _: votes.append(flag) or elsewhere)
+    s = SimpleNamespace(
+        d=Dist(rank=1, world_size=2),
+        model=torch.nn.Linear(2, 2),
+        device=torch.device("cpu"),
+        run_dir=Path("run"),
+    )
+    state = SimpleNamespace(iteration=8, checkpointed=4)
+    due = train_module.Due(log=False, eval=False, probe=False, save=True, stop=False)
+    if elsewhere:
+        with pytest.raises(Diverged, match=r"last good checkpoint \(iteration 4\)"):
+            train_module.check_diverged(s, state, due, loss=1.0, lr=0.1)  # type: ignore[arg-type]
+    else:
+        train_module.check_diverged(s, state, due, loss=1.0, lr=0.1)  # type: ignore[arg-type]
+    assert votes == [False]  # this rank's weights are finite; it voted, and the vote decided
+    not_logged = train_module.Due(log=False, eval=False, probe=False, save=False, stop=False)
+    train_module.check_diverged(s, state, not_logged, loss=float("nan"), lr=0.1)  # type: ignore[arg-type]
+    assert votes == [False]  # a rank's own unsummed loss between log points decides nothing
