@@ -507,15 +507,16 @@ LESION_CSV_COLUMNS = (
 )  # fmt: skip
 
 
-def lesion_colours(lesions: Sequence[Lesion]) -> dict[tuple[bool, int], tuple[float, float, float, float]]:
-    """By (residual, depth): plain nets in reds and ResNets in blues, as in the depth figure, darker the
-    deeper, so that twins of one depth stay apart (Figure 6's one colour per depth would merge them)."""
-    colours = {}
+def lesion_colours(lesions: Sequence[Lesion]) -> list[tuple[float, float, float, float]]:
+    """One colour per run, in the order given: plain nets in reds and ResNets in blues, as in the
+    depth figure, darker the deeper, and a shade of its own for each run of one depth (seeds, a
+    sweep), so that no two lines look alike."""
+    colours: list[tuple[float, float, float, float]] = [(0.0, 0.0, 0.0, 1.0)] * len(lesions)
     for residual, cmap in ((False, "Reds"), (True, "Blues")):
-        depths = sorted({x.depth for x in lesions if x.residual == residual})
-        for i, depth in enumerate(depths):
-            shade = 0.8 if len(depths) == 1 else 0.55 + 0.4 * i / (len(depths) - 1)
-            colours[residual, depth] = plt.get_cmap(cmap)(shade)
+        group = sorted((x.depth, i) for i, x in enumerate(lesions) if x.residual == residual)
+        for rank, (_, i) in enumerate(group):
+            shade = 0.8 if len(group) == 1 else 0.5 + 0.45 * rank / (len(group) - 1)
+            colours[i] = plt.get_cmap(cmap)(shade)
     return colours
 
 
@@ -535,7 +536,7 @@ def lesion_figure(lesions: Sequence[Lesion]) -> Figure:
     for n, i in enumerate(downsampling):
         left.axvspan(i - 0.5, i + 0.5, color="0.9", zorder=0, label=band if n == 0 else None)
     for n, (x, label) in enumerate(zip(lesions, lesion_labels(lesions), strict=True)):
-        colour = colours[x.residual, x.depth]
+        colour = colours[n]
         style = dict(
             color=colour,
             linestyle="-" if x.residual else "-.",

@@ -40,7 +40,7 @@ from resbench import checkpoint, distributed
 from resbench.config import OptimConfig, RunConfig, ScheduleConfig
 from resbench.data import Batches, Data, Split, build_data
 from resbench.distributed import Dist
-from resbench.errors import ConfigError, Diverged, Interrupted, ResbenchError
+from resbench.errors import ConfigError, Diverged, Interrupted, ResbenchError, RunDirError
 from resbench.hardware import autocast, resolve_device, resolve_precision, set_kernels
 from resbench.models import build_model, count_macs, count_params
 from resbench.probe import TrainingProbe, fixed_test_images
@@ -374,7 +374,7 @@ class InitSource:
 def init_source(cfg: RunConfig) -> InitSource | None:
     """The run `model.init_from` names and its last.pt's weights, checked to hold this run's net;
     None without init_from. A ConfigError (exit 2) for a path that is no run directory or another net; a
-    RunDirError (exit 1) for a run directory without last.pt or one that does not read back."""
+    RunDirError (exit 1) for a run that is not finished, has no last.pt or does not read back."""
     if cfg.model.init_from is None:
         return None
     path = Path(cfg.model.init_from).expanduser()
@@ -385,6 +385,12 @@ def init_source(cfg: RunConfig) -> InitSource | None:
         )
     source, saved = read_run_config(path, need_checkpoint=True)
     assert saved is not None
+    if run_state(path) != "finished" or saved["iteration"] != source.schedule.iterations:
+        raise RunDirError(
+            f"model.init_from: {path} is not finished (last.pt at iteration {saved['iteration']} of "
+            f"{source.schedule.iterations}, or no summary.json): a run starts from another run's final "
+            f"weights. Finish it first with `resbench train --config {path} --resume`"
+        )
     if differ := [k for k in ARCHITECTURE if getattr(source.model, k) != getattr(cfg.model, k)]:
         values = "; ".join(
             f"model.{k}: {getattr(cfg.model, k)} in {cfg.run.name}, {getattr(source.model, k)} in {path}"

@@ -95,7 +95,12 @@ def test_a_missing_source_or_one_without_last_pt_is_refused(
     (unfinished / "last.pt").unlink()
     with pytest.raises(RunDirError, match=r"no last\.pt"):
         train(load(learnable_root, f"model.init_from={unfinished}"), tmp_path / "b")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    stopped = tmp_path / "stopped"
+    with pytest.raises(Interrupted):
+        train(load(learnable_root, *SHORT, "run.seed=3"), stopped, InterruptAt(8))
+    with pytest.raises(RunDirError, match=r"is not finished \(last\.pt at iteration 8 of 12"):
+        train(load(learnable_root, f"model.init_from={stopped}"), tmp_path / "c")
+    assert not any((tmp_path / d).exists() for d in "abc")
     result = cli(
         "train", "-c", "resnet20", "--device", "cpu", "--runs-dir", tmp_path / "runs",
         "--set", f"data.root={learnable_root}", "--set", f"model.init_from={tmp_path / 'nope'}",

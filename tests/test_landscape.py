@@ -83,7 +83,9 @@ def test_the_csv_and_the_shared_contour_levels(trained: Path, tmp_path: Path) ->
     [
         (["--points", "4"], "odd number"),
         (["--points", "1"], "odd number"),
-        (["--span", "0"], "must be above 0"),
+        (["--span", "0"], "must be a finite number above 0"),
+        (["--span", "inf"], "must be a finite number above 0"),
+        (["--span", "nan"], "must be a finite number above 0"),
         (["--dim", "3"], "give 1 or 2"),
         (["--images", "100000"], "the training set of"),
     ],

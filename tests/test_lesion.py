@@ -245,3 +245,17 @@ def test_compare_analyze_adds_the_lesion_study_to_the_report(cli, runs: Path, tm
     assert "## Lesions (Veit et al. 2016)" in md and "![Lesion study](lesion.png)" in md
     assert "| plain20 | 32 |" in md and "| resnet20 | 32 |" in md
     assert "Lesions (Veit et al. 2016)" in result.stdout
+
+
+def test_runs_of_one_net_get_lines_of_their_own(lesions: list[Lesion]) -> None:
+    """Two seeds (or sweep values) of one plain/residual depth are told apart by colour; plain nets
+    stay in reds and ResNets in blues."""
+    from dataclasses import replace
+
+    from resbench.report import lesion_colours
+
+    twice = [*lesions, *(replace(x, seed=x.seed + 1) for x in lesions)]
+    colours = lesion_colours(twice)
+    assert len(set(colours)) == len(twice)
+    for x, (r, _, b, _) in zip(twice, colours, strict=True):
+        assert (b > r) == x.residual

@@ -14,6 +14,7 @@ without augmentation**. The weights are moved in place and put back afterwards.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,8 +71,8 @@ def check_options(dim: int, points: int, span: float, images: int) -> None:
             f"--points {points}: give an odd number of at least 3, so that the grid holds the trained "
             "model itself at its centre (alpha = 0)"
         )
-    if not span > 0:
-        raise ConfigError(f"--span {span}: must be above 0 (the grid runs over [-span, span])")
+    if not (math.isfinite(span) and span > 0):
+        raise ConfigError(f"--span {span}: must be a finite number above 0 (the grid spans [-span, span])")
     if images < 1:
         raise ConfigError(f"--images {images}: must be at least 1")
 
