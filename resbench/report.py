@@ -777,6 +777,9 @@ class LandscapeFiles:
     landscape_csv: Path
 
 
+LANDSCAPE_LEVELS_SPAN = 100  # the highest contour level, as a multiple of the lowest loss
+
+
 def landscape_figure(landscapes: Sequence[Landscape]) -> Figure:
     """1-D: loss and error against alpha, one line per run (plain dashed). 2-D: one contour panel
     per run, every panel at the same log-spaced loss levels, the trained model marked at the centre."""
@@ -791,17 +794,30 @@ def landscape_figure(landscapes: Sequence[Landscape]) -> Figure:
         top.legend(fontsize="small")
         fig.tight_layout()
         return fig
+    from matplotlib.colors import LogNorm
+
     low = min(float(x.loss.min()) for x in landscapes)
     high = max(float(x.loss.max()) for x in landscapes)
-    levels = np.geomspace(low, max(high, low * 1.01), 20)
-    fig, axes = plt.subplots(1, len(landscapes), figsize=(4.6 * len(landscapes), 4.4), squeeze=False)
-    for ax, x in zip(axes[0], landscapes, strict=True):
+    # As Li et al.'s vmax: a loss beyond 100x the lowest is off the chart, so that one exploding
+    # corner of a plain net does not squeeze every readable level into the bottom of the scale.
+    top = max(min(high, LANDSCAPE_LEVELS_SPAN * low), low * 1.01)
+    levels = np.geomspace(low, top, 20)
+    norm = LogNorm(levels[0], levels[-1])  # colours spread over the log levels, not crowded at one end
+    fig, axes = plt.subplots(
+        1, len(landscapes), figsize=(4.6 * len(landscapes), 4.4), squeeze=False, layout="constrained"
+    )
+    for n, (ax, x) in enumerate(zip(axes[0], landscapes, strict=True)):
         assert x.betas is not None
-        contours = ax.contour(x.alphas, x.betas, x.loss, levels=levels, cmap="viridis", linewidths=0.9)
+        contours = ax.contour(
+            x.alphas, x.betas, x.loss, levels=levels, cmap="viridis", norm=norm, linewidths=0.9
+        )
         ax.plot([0], [0], marker="*", color="red", markersize=10)
-        ax.set(xlabel="alpha", ylabel="beta", aspect="equal")
+        ax.set(xlabel="alpha", ylabel="beta" if n == 0 else "", aspect="equal")
         ax.set_title(f"{x.title}\n{x.name}, seed {x.seed}", fontsize="medium")
-    fig.colorbar(contours, ax=list(axes[0]), label="training loss (shared log levels)", shrink=0.8)
+    label = "training loss (shared log levels" + (f"; above {top:.3g} not drawn)" if top < high else ")")
+    bar = fig.colorbar(contours, ax=list(axes[0]), label=label, shrink=0.8)
+    bar.set_ticks(levels[::3], labels=[f"{v:.3g}" for v in levels[::3]])
+    bar.ax.yaxis.set_minor_locator(plt.NullLocator())
     return fig
 
 

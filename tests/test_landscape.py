@@ -4,6 +4,7 @@ trained model at the grid's centre, seeded surfaces, the csv and figures, and th
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -106,3 +107,21 @@ def test_the_cli_writes_the_files(cli, trained: Path, tmp_path: Path) -> None:  
     assert result.exit_code == 0, result.output
     assert (tmp_path / "landscape_2d.png").is_file() and "Loss landscapes" in result.stdout
     assert cli("landscape", tmp_path / "nope").exit_code == 2
+
+
+def test_an_exploding_corner_does_not_flatten_the_readable_levels(trained: Path) -> None:  # noqa: F811
+    """One huge loss (a plain net far from its minimum) must not push every level but one into the
+    bottom of the scale: levels stop at LANDSCAPE_LEVELS_SPAN x the lowest loss, colours are log-spread."""
+    from dataclasses import replace
+
+    from resbench.report import LANDSCAPE_LEVELS_SPAN
+
+    x = landscape_run(trained / "plain20" / "seed0", dim=2, points=3, images=20, device="cpu")
+    loss = np.full((3, 3), 2.0)
+    loss[1, 1], loss[0, 0] = 1.0, 1e6
+    fig = landscape_figure([replace(x, loss=loss)])
+    contours = fig.axes[0].collections[0]
+    assert contours.levels[0] == pytest.approx(1.0)
+    assert contours.levels[-1] == pytest.approx(LANDSCAPE_LEVELS_SPAN)
+    assert contours.norm.vmin == pytest.approx(1.0) and type(contours.norm).__name__ == "LogNorm"
+    assert "not drawn" in fig.axes[-1].get_ylabel()
