@@ -21,7 +21,7 @@ import io
 import os
 import re
 import shlex
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -147,6 +147,11 @@ def figure6(report: Report) -> Figure:
     learned nothing scores)."""
     depths = sorted({c.depth for c in report.curves})
     colours = depth_colours(depths)
+    # Models of one net under other names (a run started from another with model.init_from, a
+    # run.name) would share a label and a colour: they get their names and colours of their own.
+    twins = Counter((c.residual, c.depth, c.overrides) for c in report.curves)
+    names = list(dict.fromkeys(c.name for c in report.curves))
+    own = {n: plt.get_cmap("tab10")((len(depths) + i) % 10) for i, n in enumerate(names)}
     groups = list(dict.fromkeys(c.overrides for c in report.curves))  # a panel row per sweep value
     height = 4.5 if len(groups) == 1 else 3.4 * len(groups) + 0.8
     fig, axes = plt.subplots(
@@ -159,9 +164,11 @@ def figure6(report: Report) -> Figure:
             (row[1], True, "ResNet", "ResNets"),
         ):
             for c in (c for c in curves if c.residual == residual):
-                colour = colours[c.depth]
+                shared = twins[c.residual, c.depth, c.overrides] > 1
+                colour = own[c.name] if shared else colours[c.depth]
                 label = f"{title}-{c.depth}"
-                if c.name.split("-")[0] not in (f"plain{c.depth}", f"resnet{c.depth}"):  # "-quick": a preset
+                preset_only = c.name.split("-")[0] in (f"plain{c.depth}", f"resnet{c.depth}")  # "-quick"
+                if shared or not preset_only:
                     label += f" ({c.name})"
                 for x, mean, std, style, width, alpha, marker, kind in (
                     (c.train_iterations, c.train_mean, c.train_std, "--", 1.0, 0.12, "", "train"),

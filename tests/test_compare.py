@@ -628,3 +628,18 @@ def test_set_on_a_run_directory_is_refused_where_it_would_be_ignored(
     else:
         with pytest.raises(CompareError, match=rf"compared as it was trained.*{refused}"):
             plan([str(run)], [0], extra, preset, tmp_path)
+
+
+def test_figure6_tells_apart_two_models_of_one_net(tmp_path: Path) -> None:
+    """A run started from another (model.init_from) and the run from scratch are both plain-56:
+    each gets its name in the legend and a colour of its own."""
+    runs = [
+        load_run(fake_run(tmp_path, "plain56", 0, 71, 68)),
+        load_run(fake_run(tmp_path, "plain56", 0, 35, 33, overrides=("run.name=plain56-from20",))),
+        load_run(fake_run(tmp_path, "resnet56", 0, 44, 43)),
+    ]
+    fig = figure6(summarise(runs))
+    colours = {line.get_label(): line.get_color() for ax in fig.axes for line in ax.lines}
+    assert {"plain-56 (plain56) test", "plain-56 (plain56-from20) test", "ResNet-56 test"} <= set(colours)
+    plain = [colours["plain-56 (plain56) test"], colours["plain-56 (plain56-from20) test"]]
+    assert plain[0] != plain[1] and colours["ResNet-56 test"] not in plain
