@@ -172,6 +172,16 @@ class RunLock:
             self._file = None
 
 
+def require_finished(run_dir: Path, iteration: int, iterations: int, why: str) -> None:
+    """A RunDirError (exit 1) unless the run finished: its summary.json written and its last.pt (at
+    `iteration`) at the schedule's end. `why` says what needs the final model."""
+    if run_state(run_dir) != "finished" or iteration != iterations:
+        raise RunDirError(
+            f"{run_dir} is not finished (last.pt at iteration {iteration} of {iterations}, or no "
+            f"summary.json): {why}. Finish it first with `resbench train --config {run_dir} --resume`"
+        )
+
+
 def run_state(run_dir: Path) -> RunState:
     """'empty', 'finished' (summary.json), 'unfinished' (a checkpoint) or 'started' (files, no checkpoint)."""
     if (run_dir / SUMMARY).exists():

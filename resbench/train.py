@@ -40,7 +40,7 @@ from resbench import checkpoint, distributed
 from resbench.config import OptimConfig, RunConfig, ScheduleConfig
 from resbench.data import Batches, Data, Split, build_data
 from resbench.distributed import Dist
-from resbench.errors import ConfigError, Diverged, Interrupted, ResbenchError, RunDirError
+from resbench.errors import ConfigError, Diverged, Interrupted, ResbenchError
 from resbench.hardware import autocast, resolve_device, resolve_precision, set_kernels
 from resbench.models import build_model, count_macs, count_params
 from resbench.probe import TrainingProbe, fixed_test_images
@@ -55,6 +55,7 @@ from resbench.rundir import (
     read_env,
     read_run_config,
     read_summary,
+    require_finished,
     rerun_command,
     run_state,
     write_failure,
@@ -385,12 +386,8 @@ def init_source(cfg: RunConfig) -> InitSource | None:
         )
     source, saved = read_run_config(path, need_checkpoint=True)
     assert saved is not None
-    if run_state(path) != "finished" or saved["iteration"] != source.schedule.iterations:
-        raise RunDirError(
-            f"model.init_from: {path} is not finished (last.pt at iteration {saved['iteration']} of "
-            f"{source.schedule.iterations}, or no summary.json): a run starts from another run's final "
-            f"weights. Finish it first with `resbench train --config {path} --resume`"
-        )
+    why = "model.init_from starts from a run's final weights"
+    require_finished(path, saved["iteration"], source.schedule.iterations, why)
     if differ := [k for k in ARCHITECTURE if getattr(source.model, k) != getattr(cfg.model, k)]:
         values = "; ".join(
             f"model.{k}: {getattr(cfg.model, k)} in {cfg.run.name}, {getattr(source.model, k)} in {path}"
@@ -432,8 +429,8 @@ def build_setup(
     init: InitSource | None = None,
 ) -> Setup:
     """Build the pieces after one seed, in the order their random draws are taken, once
-    `check_start` has passed; a fresh start loads `init`'s weights. With `saved`, refuse what would
-    not continue it exactly."""
+    `check_start` has passed; `init` (a fresh start's only) gives the weights. With `saved`, refuse
+    what would not continue it exactly."""
     if saved is not None:
         check_same_config(run_dir, cfg, saved["config"])
     precision = resolve_precision(cfg.run.precision, device)
@@ -446,7 +443,7 @@ def build_setup(
     data = build_data(cfg.data, device)
     check_same_data(run_dir, cfg, saved, data.fingerprint)  # the same data.root may hold other images now
     model = build_model(cfg.model)
-    if saved is None and init is not None:  # after the init's draws: every later draw is as without it
+    if init is not None:  # after the init's draws: every later draw is as without it
         model.load_state_dict(init.model)
     model = model.to(device, memory_format=torch.channels_last)  # NHWC convs are faster
     params, macs = count_params(model), count_macs(model)
@@ -496,7 +493,7 @@ def build_setup(
         eval_every=eval_every,
         log_every=cfg.run.log_every or eval_every,
         fixed=cfg.run.cuda_graph,
-        init_from=init.record() if saved is None and init is not None else None,
+        init_from=init.record() if init is not None else None,
     )
 
 
@@ -697,8 +694,9 @@ def _train(
     init: InitSource | None,
 ) -> Summary:
     saved = checkpoint.load(run_dir / CHECKPOINT) if resuming else None
-    if saved is None and init is None and cfg.model.init_from is not None:  # last.pt went meanwhile
-        init = init_source(cfg)
+    # a resume's last.pt holds the weights; a fresh start whose source check_start skipped (last.pt
+    # went meanwhile) reads it now
+    init = None if resuming else init or init_source(cfg)
     s = build_setup(cfg, run_dir, d, device, saved, init)
     state = TrainState.zeros(device)
     if saved is not None:

@@ -54,8 +54,8 @@ from resbench.rundir import (
     SUMMARY,
     Summary,
     check_same_data,
+    require_finished,
     run_dir_for,
-    run_state,
     write_run_files,
     writing,
 )
@@ -264,12 +264,8 @@ def deepen_run(
     """
     trained, model, saved = final_model(run_dir)  # checked: a run directory, its last.pt, its config
     deeper_config(trained.model, depth)  # refuse a bad depth before anything slow
-    if run_state(run_dir) != "finished" or saved["iteration"] != trained.schedule.iterations:
-        raise RunDirError(
-            f"{run_dir} is not finished (last.pt at iteration {saved['iteration']} of "
-            f"{trained.schedule.iterations}, or no summary.json): deepen builds on a run's final model. "
-            "Finish it first with `resbench train --config RUN_DIR --resume`"
-        )
+    iterations = trained.schedule.iterations
+    require_finished(run_dir, saved["iteration"], iterations, "deepen builds on a run's final model")
     cfg = constructed_config(trained, depth, name)
     target = run_dir_for(cfg, runs_dir)
     refuse_occupied(target)
